@@ -1,0 +1,71 @@
+/**
+ * Admin listener (loopback by default): `/healthz` for supervision, `/status` (JSON).
+ * Never exposed to clients; it answers only on its own address.
+ */
+import * as http from 'node:http';
+import type * as net from 'node:net';
+import { parseHostPort } from '../config/hostport';
+import type { JournalWriter } from '../journal/types';
+import type { Logger } from '../log';
+import type { ProxyServer } from '../proxy/server';
+
+export interface AdminDeps {
+  proxy: ProxyServer;
+  journal: JournalWriter;
+  log: Logger;
+}
+
+export class AdminServer {
+  private server: http.Server | null = null;
+  private readonly startedMs = Date.now();
+
+  constructor(private readonly deps: AdminDeps) {}
+
+  async listen(spec: string): Promise<string> {
+    const { host, port } = parseHostPort(spec);
+    const server = http.createServer((req, res) => this.handle(req, res));
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen({ host, port }, () => resolve());
+    });
+    this.server = server;
+    const a = server.address() as net.AddressInfo;
+    return a.family === 'IPv6' ? `[${a.address}]:${a.port}` : `${a.address}:${a.port}`;
+  }
+
+  status(): Record<string, unknown> {
+    const policy = this.deps.proxy.policy;
+    return {
+      uptimeSeconds: Math.round((Date.now() - this.startedMs) / 1000),
+      lists: { ...policy.describe(), serial: policy.listSerial },
+      journal: { healthy: this.deps.journal.healthy },
+    };
+  }
+
+  private handle(req: http.IncomingMessage, res: http.ServerResponse): void {
+    const path = (req.url ?? '/').split('?')[0];
+    if (req.method !== 'GET' && req.method !== 'HEAD') {
+      res.writeHead(405, { allow: 'GET, HEAD' }).end();
+      return;
+    }
+    if (path === '/healthz') {
+      const healthy = this.deps.journal.healthy;
+      const body = JSON.stringify({ ok: healthy, journal: healthy ? 'writable' : 'unwritable', lists: this.deps.proxy.policy.describe().domains >= 0 ? 'loaded' : 'none' }) + '\n';
+      res.writeHead(healthy ? 200 : 503, { 'content-type': 'application/json', 'cache-control': 'no-store' }).end(body);
+      return;
+    }
+    if (path === '/status') {
+      res.writeHead(200, { 'content-type': 'application/json', 'cache-control': 'no-store' }).end(JSON.stringify(this.status(), null, 2) + '\n');
+      return;
+    }
+    res.writeHead(404, { 'content-type': 'text/plain' }).end('not found; try /healthz or /status\n');
+  }
+
+  async close(): Promise<void> {
+    const s = this.server;
+    if (!s) return;
+    this.server = null;
+    s.closeAllConnections();
+    await new Promise<void>((resolve) => s.close(() => resolve()));
+  }
+}

@@ -1,0 +1,143 @@
+/**
+ * `gardefou serve`: wires configuration, journal, policy engine and proxy, and handles signals.
+ *   SIGHUP  reload config, policy and lists; a failed reload keeps the old ones and logs why.
+ *   SIGTERM / SIGINT  stop accepting, let in-flight requests end (bounded), flush, exit 0.
+ */
+import type { Command } from 'commander';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { AdminServer } from '../admin/server';
+import { Config, loadConfig, validateConfig } from '../config';
+import { parseCidr } from '../config/cidr';
+import { parseHostPort } from '../config/hostport';
+import { ConfigError, errorMessage } from '../errors';
+import { Identity } from '../identity';
+import { openJournal } from '../journal';
+import { createLogger, Logger } from '../log';
+import { loadPolicyEngine } from '../policy/engine';
+import type { PolicyEngine } from '../policy/types';
+import { ProxyServer } from '../proxy/server';
+
+export interface ServeFlags {
+  config?: string;
+  listen?: string[];
+  lists?: string;
+  journal?: string;
+  hosts?: string;
+  policy?: string;
+  allowDestination?: string[];
+}
+
+export function register(program: Command): void {
+  program
+    .command('serve')
+    .description('run the filtering proxy (HTTP and CONNECT) with its connection journal')
+    .option('--config <file>', 'JSON configuration file (default: embedded defaults)')
+    .option('--listen <host:port>', 'listen address, repeatable; IPv6 as [::1]:3128 (overrides config "listen")', collect)
+    .option('--lists <path>', 'UT1 directory, blacklists.tar.gz or compiled index (overrides config "lists")')
+    .option('--policy <file>', 'policy file: profiles, clients, local entries (overrides config "policy")')
+    .option('--journal <path>', 'journal database file (overrides config "journal.path")')
+    .option('--hosts <file>', 'hosts-file override for upstream name resolution (overrides config "hosts")')
+    .action(async (flags: ServeFlags) => {
+      await serve(flags);
+    });
+}
+
+function collect(value: string, previous: string[] | undefined): string[] {
+  return [...(previous ?? []), value];
+}
+
+/** Configuration from the file (or defaults) with command-line flags on top. */
+export function configFromFlags(flags: ServeFlags): Config {
+  const cfg = loadConfig(flags.config);
+  const origin = flags.config ?? '(defaults)';
+  if (flags.listen) {
+    for (const l of flags.listen) {
+      try {
+        parseHostPort(l);
+      } catch (err) {
+        throw new ConfigError(`flag --listen: ${errorMessage(err)}`);
+      }
+    }
+    cfg.listen = flags.listen;
+  }
+  if (flags.lists) cfg.lists = path.resolve(flags.lists);
+  if (flags.policy) cfg.policy = path.resolve(flags.policy);
+  if (flags.journal) cfg.journal.path = path.resolve(flags.journal);
+  if (flags.hosts) cfg.hosts = path.resolve(flags.hosts);
+  if (flags.allowDestination) {
+    for (const c of flags.allowDestination) parseCidr(c);
+    cfg.allowDestinations = flags.allowDestination;
+  }
+  return validateConfig(cfg, origin);
+}
+
+async function loadPolicy(cfg: Config, log: Logger): Promise<PolicyEngine> {
+  return loadPolicyEngine({ lists: cfg.lists, policy: cfg.policy, log });
+}
+
+export async function serve(flags: ServeFlags): Promise<void> {
+  let cfg = configFromFlags(flags);
+  const log = createLogger(cfg.logLevel);
+  log.info({ config: flags.config ?? '(embedded defaults)', lists: cfg.lists, policy: cfg.policy, journal: cfg.journal.path }, 'starting');
+  if (cfg.journal.failOpen) {
+    log.warn('journal.failOpen is true: if the journal cannot be written, traffic will be forwarded WITHOUT being recorded');
+  }
+  fs.mkdirSync(path.dirname(cfg.journal.path), { recursive: true });
+  const journal = await openJournal(cfg.journal, log);
+  let policy: PolicyEngine;
+  try {
+    policy = await loadPolicy(cfg, log);
+  } catch (err) {
+    await journal.close();
+    throw err;
+  }
+  log.info({ ...policy.describe(), serial: policy.listSerial }, 'lists loaded');
+  const proxy = new ProxyServer({ config: cfg, policy, journal, log, identity: Identity.fromFile(cfg.workstations) });
+  const bound = await proxy.listen();
+  const admin = cfg.admin.listen === null ? null : new AdminServer({ proxy, journal, log });
+  const adminBound = admin && cfg.admin.listen ? await admin.listen(cfg.admin.listen) : null;
+  log.info({ listen: bound.map((b) => `${b.host}:${b.port}`), admin: adminBound }, 'ready');
+
+  let reloading = false;
+  const reload = async () => {
+    if (reloading) return;
+    reloading = true;
+    try {
+      const next = configFromFlags(flags);
+      const nextPolicy = await loadPolicy(next, log);
+      proxy.reconfigure(next);
+      proxy.setPolicy(nextPolicy);
+      if (JSON.stringify(next.listen) !== JSON.stringify(cfg.listen)) log.warn('listen addresses changed: restart to apply them');
+      cfg = next;
+      log.info({ ...nextPolicy.describe(), serial: nextPolicy.listSerial }, 'reloaded');
+    } catch (err) {
+      log.error({ err: errorMessage(err) }, 'reload failed; keeping the configuration and lists in force');
+    } finally {
+      reloading = false;
+    }
+  };
+
+  let stopping = false;
+  const stop = async (signal: string) => {
+    if (stopping) return;
+    stopping = true;
+    log.info({ signal }, 'stopping');
+    try {
+      await proxy.close();
+      if (admin) await admin.close();
+      await journal.close();
+      log.info('stopped');
+    } catch (err) {
+      log.error({ err: errorMessage(err) }, 'error while stopping');
+      process.exitCode = 1;
+    } finally {
+      log.flush();
+      process.off('SIGHUP', onHup);
+    }
+  };
+  const onHup = () => void reload();
+  process.on('SIGHUP', onHup);
+  process.once('SIGTERM', () => void stop('SIGTERM'));
+  process.once('SIGINT', () => void stop('SIGINT'));
+}

@@ -1,0 +1,183 @@
+/**
+ * What the HTTP and CONNECT handlers share: configuration turned into ready objects once, the
+ * policy engine in force (swapped by reference on reload), the journal, the log.
+ */
+import type * as http from 'node:http';
+import type { Config } from '../config';
+import { CidrSet } from '../config/cidr';
+import type { Identity } from '../identity';
+import type { JournalHandle, JournalOpen, JournalWriter } from '../journal/types';
+import type { Logger } from '../log';
+import type { Client, Decision, PolicyEngine, Target } from '../policy/types';
+import type { BlockPage } from './pages';
+import { DestinationGuard, Resolver, readHostsFile } from './destination';
+
+/** Refusal codes of the proxy itself (the policy has its own, see policy/types.ts Reason). */
+export const Refusal = {
+  clientRefused: 'client-refused',
+  originForm: 'origin-form',
+  badRequest: 'bad-request',
+  badUrl: 'bad-url',
+  portRefused: 'port-refused',
+  forbiddenDestination: 'forbidden-destination',
+  dnsFailure: 'dns-failure',
+  journalDown: 'journal-down',
+  tooManyConnections: 'too-many-connections',
+  upgradeRefused: 'upgrade-refused',
+  shuttingDown: 'shutting-down',
+} as const;
+export type RefusalCode = (typeof Refusal)[keyof typeof Refusal];
+
+export interface ParentProxy {
+  host: string;
+  port: number;
+}
+
+export class ProxyContext {
+  policy: PolicyEngine;
+  config!: Config;
+  clients!: CidrSet;
+  connectPorts!: ReadonlySet<number>;
+  resolver!: Resolver;
+  parent!: ParentProxy | null;
+  blockPage!: BlockPage;
+  /** text shown on the usage page: the first listener */
+  publicAddress!: string;
+  failOpenWarned = false;
+
+  constructor(
+    config: Config,
+    policy: PolicyEngine,
+    readonly journal: JournalWriter,
+    readonly log: Logger,
+    readonly identity: Identity,
+    blockPage: BlockPage,
+  ) {
+    this.policy = policy;
+    this.reconfigure(config, blockPage);
+  }
+
+  /**
+   * Applies a (re)loaded configuration. Everything is built first, then assigned, so a bad
+   * value (unreadable hosts file...) throws before anything changes.
+   */
+  reconfigure(config: Config, blockPage: BlockPage): void {
+    const clients = new CidrSet(config.clients);
+    const resolver = new Resolver(
+      new DestinationGuard(config.allowDestinations),
+      config.hosts === null ? null : readHostsFile(config.hosts),
+    );
+    this.config = config;
+    this.clients = clients;
+    this.connectPorts = new Set(config.connectPorts);
+    this.resolver = resolver;
+    this.parent = config.parentProxy === null ? null : parseParent(config.parentProxy);
+    this.publicAddress = config.listen[0] ?? '127.0.0.1:3128';
+    this.blockPage = blockPage;
+  }
+
+  identify(ip: string): Client {
+    return this.identity.identify(ip);
+  }
+
+  /**
+   * Whether traffic may be forwarded now. False when the journal cannot record it and the
+   * configuration is fail-closed (the default).
+   */
+  mayForward(): boolean {
+    if (this.journal.healthy) return true;
+    if (this.config.journal.failOpen) {
+      if (!this.failOpenWarned) {
+        this.failOpenWarned = true;
+        this.log.error('journal unwritable and journal.failOpen is true: forwarding traffic WITHOUT recording it');
+      }
+      return true;
+    }
+    return false;
+  }
+
+  /**
+   * Starts a journal record. When the journal refuses (unwritable), returns null: the caller
+   * must then refuse the traffic unless fail-open.
+   */
+  async journalBegin(open: JournalOpen): Promise<JournalHandle | null> {
+    try {
+      return await this.journal.begin(open);
+    } catch (err) {
+      this.log.error({ ref: open.ref, err: (err as Error).message }, 'journal write failed');
+      return null;
+    }
+  }
+}
+
+/** Fills a journal record for a decision (allowed or blocked by policy). */
+export function openRecord(
+  ref: string,
+  startMs: number,
+  client: Client,
+  clientPort: number,
+  target: Target,
+  method: string,
+  decision: Decision,
+): JournalOpen {
+  return {
+    ref,
+    startMs,
+    clientIp: client.ip,
+    clientPort,
+    user: client.user ?? null,
+    workstation: client.workstation ?? null,
+    protocol: target.kind === 'connect' ? 'connect' : 'http',
+    method,
+    destHost: target.host,
+    destPort: target.port,
+    decision: decision.action,
+    reason: decision.reason,
+    profile: decision.profile,
+    category: decision.category,
+    listSerial: decision.listSerial,
+  };
+}
+
+/** Fills a journal record for a refusal by the proxy itself. */
+export function refusalRecord(
+  ref: string,
+  startMs: number,
+  client: Client,
+  clientPort: number,
+  protocol: 'http' | 'connect',
+  method: string,
+  destHost: string,
+  destPort: number,
+  reason: RefusalCode,
+  listSerial: string | null,
+): JournalOpen {
+  return {
+    ref,
+    startMs,
+    clientIp: client.ip,
+    clientPort,
+    user: client.user ?? null,
+    workstation: client.workstation ?? null,
+    protocol,
+    method,
+    destHost,
+    destPort,
+    decision: 'refused',
+    reason,
+    profile: null,
+    category: null,
+    listSerial,
+  };
+}
+
+function parseParent(url: string): ParentProxy {
+  const u = new URL(url);
+  const host = u.hostname.startsWith('[') ? u.hostname.slice(1, -1) : u.hostname;
+  return { host, port: u.port === '' ? 3128 : Number(u.port) };
+}
+
+/** Remote port of a request's socket (0 if already gone). */
+export function remotePort(req: http.IncomingMessage): number {
+  return req.socket.remotePort ?? 0;
+}

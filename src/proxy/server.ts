@@ -1,0 +1,166 @@
+/**
+ * The forward proxy: listeners, connection limits, malformed requests, orderly stop.
+ * Request handling lives in http-handler.ts (absolute-form HTTP) and tunnel.ts (CONNECT).
+ */
+import * as http from 'node:http';
+import type * as net from 'node:net';
+import type { Config } from '../config';
+import { plainAddress } from '../config/cidr';
+import { parseHostPort } from '../config/hostport';
+import type { Identity } from '../identity';
+import type { JournalWriter } from '../journal/types';
+import type { Logger } from '../log';
+import type { PolicyEngine } from '../policy/types';
+import { ProxyContext, Refusal, refusalRecord } from './context';
+import { HttpHandler } from './http-handler';
+import { BlockPage } from './pages';
+import { newRef } from './ref';
+import { TunnelHandler, writeResponse } from './tunnel';
+
+export interface ProxyOptions {
+  config: Config;
+  policy: PolicyEngine;
+  journal: JournalWriter;
+  log: Logger;
+  identity: Identity;
+  blockPage?: BlockPage;
+}
+
+export class ProxyServer {
+  readonly ctx: ProxyContext;
+  private readonly http: HttpHandler;
+  private readonly tunnels: TunnelHandler;
+  private readonly servers: http.Server[] = [];
+  private readonly perClient = new Map<string, number>();
+  private inFlight = 0;
+  private stopping = false;
+
+  constructor(opts: ProxyOptions) {
+    this.ctx = new ProxyContext(opts.config, opts.policy, opts.journal, opts.log, opts.identity,
+      opts.blockPage ?? BlockPage.fromFile(opts.config.blockPage));
+    this.http = new HttpHandler(this.ctx);
+    this.tunnels = new TunnelHandler(this.ctx);
+  }
+
+  /**
+   * Applies a reloaded configuration (SIGHUP). Listener addresses and limits need a restart;
+   * everything else takes effect for the next request.
+   */
+  reconfigure(config: Config): void {
+    this.ctx.reconfigure(config, BlockPage.fromFile(config.blockPage));
+  }
+
+  /** Swaps the policy engine in force. Requests already decided keep their decision. */
+  setPolicy(policy: PolicyEngine): void {
+    this.ctx.policy = policy;
+  }
+
+  get policy(): PolicyEngine {
+    return this.ctx.policy;
+  }
+
+  /** Opens every configured listener; resolves with the bound addresses (port 0 resolved). */
+  async listen(): Promise<Array<{ host: string; port: number }>> {
+    const bound: Array<{ host: string; port: number }> = [];
+    for (const spec of this.ctx.config.listen) {
+      const { host, port } = parseHostPort(spec);
+      const server = this.createServer();
+      await new Promise<void>((resolve, reject) => {
+        server.once('error', reject);
+        server.listen({ host, port, exclusive: true }, () => {
+          server.off('error', reject);
+          resolve();
+        });
+      });
+      const a = server.address() as net.AddressInfo;
+      bound.push({ host: a.address, port: a.port });
+      this.servers.push(server);
+    }
+    return bound;
+  }
+
+  private createServer(): http.Server {
+    const limits = this.ctx.config.limits;
+    const server = http.createServer({
+      maxHeaderSize: limits.maxHeaderBytes,
+      headersTimeout: limits.headerTimeoutMs,
+      requestTimeout: 0, // long uploads are fine; idleness is bounded by `timeout` below
+      keepAliveTimeout: Math.min(limits.idleTimeoutMs, 60_000),
+      connectionsCheckingInterval: Math.min(1000, limits.headerTimeoutMs),
+    });
+    server.timeout = limits.idleTimeoutMs;
+    server.on('connection', (socket: net.Socket) => this.onConnection(socket));
+    server.on('request', (req: http.IncomingMessage, res: http.ServerResponse) => {
+      if (this.stopping) res.shouldKeepAlive = false;
+      this.inFlight++;
+      res.once('close', () => { this.inFlight--; });
+      this.http.handle(req, res);
+    });
+    server.on('connect', (req: http.IncomingMessage, socket: net.Socket, head: Buffer) => this.tunnels.handle(req, socket, head));
+    server.on('upgrade', (req: http.IncomingMessage, socket: net.Socket) => this.onUpgrade(req, socket));
+    server.on('clientError', (err: NodeJS.ErrnoException, socket: net.Socket) => this.onClientError(err, socket));
+    return server;
+  }
+
+  /** Bounds connections per client address (a slowloris from one machine cannot fill us). */
+  private onConnection(socket: net.Socket): void {
+    const ip = plainAddress(socket.remoteAddress ?? '');
+    const n = (this.perClient.get(ip) ?? 0) + 1;
+    if (n > this.ctx.config.limits.maxConnectionsPerClient) {
+      this.ctx.log.warn({ client: ip, reason: Refusal.tooManyConnections }, 'connection refused');
+      socket.destroy();
+      return;
+    }
+    this.perClient.set(ip, n);
+    socket.once('close', () => {
+      const left = (this.perClient.get(ip) ?? 1) - 1;
+      if (left <= 0) this.perClient.delete(ip);
+      else this.perClient.set(ip, left);
+    });
+  }
+
+  /** Plain-HTTP Upgrade (e.g. ws:// in absolute form) is not tunnelled: browsers use CONNECT. */
+  private onUpgrade(req: http.IncomingMessage, socket: net.Socket): void {
+    this.recordRefusal(socket, req.method ?? 'GET', Refusal.upgradeRefused);
+    writeResponse(socket, 400, 'upgrade through the proxy is not supported; use CONNECT\n');
+  }
+
+  /** Malformed requests, oversized headers, header timeouts: a proper HTTP error, then close. */
+  private onClientError(err: NodeJS.ErrnoException, socket: net.Socket): void {
+    if (!socket.writable || err.code === 'ECONNRESET') {
+      socket.destroy();
+      return;
+    }
+    const status = err.code === 'HPE_HEADER_OVERFLOW' ? 431 : err.code === 'ERR_HTTP_REQUEST_TIMEOUT' || err.code === 'HPE_HEADERS_TIMEOUT' ? 408 : 400;
+    const phrase = status === 431 ? 'Request Header Fields Too Large' : status === 408 ? 'Request Timeout' : 'Bad Request';
+    this.recordRefusal(socket, '', Refusal.badRequest);
+    this.ctx.log.info({ client: plainAddress(socket.remoteAddress ?? ''), reason: Refusal.badRequest, code: err.code, status }, 'malformed request');
+    socket.end(`HTTP/1.1 ${status} ${phrase}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n`);
+  }
+
+  private recordRefusal(socket: net.Socket, method: string, reason: typeof Refusal[keyof typeof Refusal]): void {
+    const ctx = this.ctx;
+    const client = ctx.identify(plainAddress(socket.remoteAddress ?? ''));
+    void ctx.journalBegin(refusalRecord(newRef(), Date.now(), client, socket.remotePort ?? 0, 'http', method, '', 0, reason, ctx.policy.listSerial))
+      .then((h) => h?.finish({ endMs: Date.now(), destIp: null, egressIp: null, egressPort: null, status: 400, bytesIn: 0, bytesOut: 0 }));
+  }
+
+  /**
+   * Orderly stop: stop accepting, let in-flight requests and tunnels end for up to `graceMs`,
+   * then close what remains. The journal is flushed by its owner afterwards.
+   */
+  async close(graceMs = this.ctx.config.limits.shutdownGraceMs): Promise<void> {
+    this.stopping = true;
+    const closed = Promise.all(this.servers.map((s) => new Promise<void>((resolve) => s.close(() => resolve()))));
+    for (const s of this.servers) s.closeIdleConnections();
+    const deadline = Date.now() + graceMs;
+    while ((this.inFlight > 0 || this.tunnels.open.size > 0) && Date.now() < deadline) {
+      await new Promise((r) => setTimeout(r, 25));
+      for (const s of this.servers) s.closeIdleConnections();
+    }
+    for (const s of this.servers) s.closeAllConnections();
+    for (const t of this.tunnels.open) t.destroy();
+    await closed;
+    this.http.close();
+  }
+}

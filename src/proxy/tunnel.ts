@@ -1,0 +1,211 @@
+/**
+ * CONNECT tunnels. Order of steps (each may answer and stop):
+ *   1. client network allowed?                       no  -> 403, journal "refused"
+ *   2. authority parses (normalise.ts)?              no  -> 400, journal "refused"
+ *   3. port in connectPorts?                         no  -> 403, journal "refused"
+ *   4. policy decision on the host                   block -> 403 block page, tunnel never opened
+ *   5. journal writable (fail-closed)?               no  -> 503
+ *   6. destination resolves to an allowed address?   no  -> 403 / 502
+ *   7. journal intent durable, then connect (directly or through the parent proxy), answer
+ *      200 and splice both ways; the record is completed when either side closes.
+ */
+import type * as http from 'node:http';
+import * as net from 'node:net';
+import { plainAddress } from '../config/cidr';
+import type { JournalHandle } from '../journal/types';
+import { parseConnectAuthority } from '../policy/normalise';
+import type { Client, Decision, Target } from '../policy/types';
+import { ProxyContext, Refusal, RefusalCode, openRecord, refusalRecord } from './context';
+import { forbiddenPage, journalDownPage } from './http-handler';
+import { infoPage } from './pages';
+import { newRef } from './ref';
+
+const REASON_PHRASES: Record<number, string> = {
+  400: 'Bad Request',
+  403: 'Forbidden',
+  502: 'Bad Gateway',
+  503: 'Service Unavailable',
+};
+
+export class TunnelHandler {
+  /** open tunnels, for orderly shutdown */
+  readonly open = new Set<net.Socket>();
+
+  constructor(private readonly ctx: ProxyContext) {}
+
+  handle(req: http.IncomingMessage, clientSocket: net.Socket, head: Buffer): void {
+    const ctx = this.ctx;
+    const ref = newRef();
+    const startMs = Date.now();
+    const client = ctx.identify(plainAddress(clientSocket.remoteAddress ?? ''));
+    const clientPort = clientSocket.remotePort ?? 0;
+    const authority = req.url ?? '';
+    clientSocket.on('error', () => { /* reported through the journal record; never crash */ });
+
+    const refuse = (status: number, code: RefusalCode, host: string, port: number, page: string) => {
+      void ctx.journalBegin(refusalRecord(ref, startMs, client, clientPort, 'connect', 'CONNECT', host, port, code, ctx.policy.listSerial))
+        .then((h) => h?.finish({ endMs: Date.now(), destIp: null, egressIp: null, egressPort: null, status, bytesIn: 0, bytesOut: 0 }));
+      writeResponse(clientSocket, status, page);
+      ctx.log.info({ ref, client: client.ip, host: host || undefined, port: port || undefined, reason: code, status }, 'refused');
+    };
+
+    if (!ctx.clients.has(client.ip)) {
+      return refuse(403, Refusal.clientRefused, '', 0, infoPage('Accès refusé', "Ce poste n'est pas sur un réseau autorisé à utiliser ce proxy.", 'This computer is not on a network allowed to use this proxy.', ref));
+    }
+    const target = parseConnectAuthority(authority);
+    if (target === null) {
+      return refuse(400, Refusal.badUrl, '', 0, infoPage('Requête invalide', 'CONNECT attend hôte:port.', 'CONNECT expects host:port.', ref));
+    }
+    if (!ctx.connectPorts.has(target.port)) {
+      return refuse(403, Refusal.portRefused, target.host, target.port, infoPage('Port refusé', `Les tunnels ne sont permis que vers les ports ${[...ctx.connectPorts].join(', ')}.`, `Tunnels are only allowed to ports ${[...ctx.connectPorts].join(', ')}.`, ref));
+    }
+    const decision = ctx.policy.decide(target, client);
+    if (decision.action === 'block') {
+      void ctx.journalBegin(openRecord(ref, startMs, client, clientPort, target, 'CONNECT', decision))
+        .then((h) => h?.finish({ endMs: Date.now(), destIp: null, egressIp: null, egressPort: null, status: 403, bytesIn: 0, bytesOut: 0 }));
+      writeResponse(clientSocket, 403, ctx.blockPage.render({ host: target.host, decision, ref, atMs: startMs }));
+      ctx.log.info({ ref, client: client.ip, host: target.host, category: decision.category, reason: decision.reason, profile: decision.profile }, 'blocked');
+      return;
+    }
+    if (!ctx.mayForward()) return refuse(503, Refusal.journalDown, target.host, target.port, journalDownPage(ref));
+    this.open.add(clientSocket);
+    clientSocket.once('close', () => this.open.delete(clientSocket));
+    this.connect(clientSocket, head, { ref, startMs, client, clientPort, target, decision }, refuse).catch((err: unknown) => {
+      ctx.log.error({ ref, err: (err as Error).message }, 'tunnel failed');
+      clientSocket.destroy();
+    });
+  }
+
+  private async connect(
+    clientSocket: net.Socket,
+    head: Buffer,
+    t: { ref: string; startMs: number; client: Client; clientPort: number; target: Target; decision: Decision },
+    refuse: (status: number, code: RefusalCode, host: string, port: number, page: string) => void,
+  ): Promise<void> {
+    const ctx = this.ctx;
+    const { ref, target } = t;
+    let destIp: string | null = null;
+    if (ctx.parent === null) {
+      const r = await ctx.resolver.resolve(target.host);
+      if (!r.ok) {
+        return r.reason === 'dns-failure'
+          ? refuse(502, Refusal.dnsFailure, target.host, target.port, infoPage('Site introuvable', "Ce nom n'existe pas ou ne répond pas.", 'The name does not resolve.', ref))
+          : refuse(403, Refusal.forbiddenDestination, target.host, target.port, forbiddenPage(ref));
+      }
+      destIp = r.address;
+    }
+    const handle = await ctx.journalBegin(openRecord(ref, t.startMs, t.client, t.clientPort, target, 'CONNECT', t.decision));
+    if (handle === null && !ctx.config.journal.failOpen) {
+      return refuse(503, Refusal.journalDown, target.host, target.port, journalDownPage(ref));
+    }
+    if (clientSocket.destroyed) {
+      handle?.finish({ endMs: Date.now(), destIp, egressIp: null, egressPort: null, status: null, bytesIn: 0, bytesOut: 0 });
+      return;
+    }
+    const readAtStart = clientSocket.bytesRead;
+    const writtenAtStart = clientSocket.bytesWritten;
+    const upstream = ctx.parent === null
+      ? net.connect({ host: destIp as string, port: target.port })
+      : net.connect({ host: ctx.parent.host, port: ctx.parent.port });
+    let egressIp: string | null = null;
+    let egressPort: number | null = null;
+    let status: number | null = null;
+    let failure: string | null = null;
+    let done = false;
+    const finish = () => {
+      if (done) return;
+      done = true;
+      upstream.destroy();
+      clientSocket.destroy();
+      handle?.finish({
+        endMs: Date.now(),
+        destIp,
+        egressIp,
+        egressPort,
+        status,
+        bytesIn: clientSocket.bytesRead - readAtStart,
+        bytesOut: clientSocket.bytesWritten - writtenAtStart,
+        ...(failure === null ? {} : { decision: 'error' as const, reason: `upstream-${failure}` }),
+      });
+    };
+    const idle = ctx.config.limits.idleTimeoutMs;
+    upstream.setTimeout(idle, () => { failure ??= 'idle-timeout'; finish(); });
+    clientSocket.setTimeout(idle, () => finish());
+    upstream.on('error', (err: NodeJS.ErrnoException) => {
+      failure ??= err.code ?? 'error';
+      if (status === null) {
+        status = 502;
+        writeResponse(clientSocket, 502, infoPage('Le site ne répond pas', "Le site demandé n'a pas accepté la connexion.", 'The requested site refused the connection.', ref));
+      }
+      finish();
+    });
+    clientSocket.once('close', finish);
+    upstream.once('close', finish);
+    upstream.once('connect', () => {
+      egressIp = upstream.localAddress ? plainAddress(upstream.localAddress) : null;
+      egressPort = upstream.localPort ?? null;
+      if (ctx.parent === null) {
+        handle?.connected({ destIp, egressIp, egressPort });
+        status = 200;
+        clientSocket.write('HTTP/1.1 200 Connection established\r\nVia: 1.1 gardefou\r\n\r\n');
+        splice(clientSocket, upstream, head);
+      } else {
+        handle?.connected({ destIp: null, egressIp, egressPort });
+        const auth = target.host.includes(':') ? `[${target.host}]:${target.port}` : `${target.host}:${target.port}`;
+        upstream.write(`CONNECT ${auth} HTTP/1.1\r\nHost: ${auth}\r\nVia: 1.1 gardefou\r\n\r\n`);
+        readParentAnswer(upstream, (code, rest) => {
+          if (code !== 200) {
+            failure = `parent-${code}`;
+            status = 502;
+            writeResponse(clientSocket, 502, infoPage('Le proxy amont refuse', "Le proxy amont n'a pas ouvert le tunnel.", 'The upstream proxy did not open the tunnel.', ref));
+            finish();
+            return;
+          }
+          status = 200;
+          clientSocket.write('HTTP/1.1 200 Connection established\r\nVia: 1.1 gardefou\r\n\r\n');
+          if (rest.length > 0) clientSocket.write(rest);
+          splice(clientSocket, upstream, head);
+        });
+      }
+    });
+  }
+}
+
+function splice(client: net.Socket, upstream: net.Socket, head: Buffer): void {
+  if (head.length > 0) upstream.write(head);
+  client.pipe(upstream);
+  upstream.pipe(client);
+}
+
+const MAX_PARENT_HEADER = 16384;
+
+/** Reads the parent proxy's answer to our CONNECT: status code, and any bytes after it. */
+function readParentAnswer(upstream: net.Socket, done: (code: number, rest: Buffer) => void): void {
+  let buf = Buffer.alloc(0);
+  const onData = (chunk: Buffer) => {
+    buf = Buffer.concat([buf, chunk]);
+    const end = buf.indexOf('\r\n\r\n');
+    if (end < 0) {
+      if (buf.length > MAX_PARENT_HEADER) { upstream.off('data', onData); done(0, Buffer.alloc(0)); }
+      return;
+    }
+    upstream.off('data', onData);
+    upstream.pause();
+    const m = /^HTTP\/1\.[01] (\d{3})/.exec(buf.subarray(0, end).toString('latin1'));
+    done(m ? Number(m[1]) : 0, buf.subarray(end + 4));
+  };
+  upstream.on('data', onData);
+}
+
+export function writeResponse(socket: net.Socket, status: number, html: string): void {
+  if (socket.destroyed) return;
+  const body = Buffer.from(html, 'utf8');
+  const header = Buffer.from(
+    `HTTP/1.1 ${status} ${REASON_PHRASES[status] ?? 'Error'}\r\n` +
+      'Content-Type: text/html; charset=utf-8\r\n' +
+      `Content-Length: ${body.length}\r\n` +
+      'Cache-Control: no-store\r\nVia: 1.1 gardefou\r\nConnection: close\r\n\r\n',
+    'latin1',
+  );
+  socket.end(Buffer.concat([header, body]));
+}
