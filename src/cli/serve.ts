@@ -95,6 +95,7 @@ export async function serve(flags: ServeFlags): Promise<void> {
   log.info({ ...policy.describe(), serial: policy.listSerial }, 'lists loaded');
   const proxy = new ProxyServer({ config: cfg, policy, journal, log, identity: Identity.fromFile(cfg.workstations) });
   const bound = await proxy.listen();
+  journal.startPurge();
   const admin = cfg.admin.listen === null ? null : new AdminServer({ proxy, journal, log });
   const adminBound = admin && cfg.admin.listen ? await admin.listen(cfg.admin.listen) : null;
   log.info({ listen: bound.map((b) => `${b.host}:${b.port}`), admin: adminBound }, 'ready');
@@ -125,6 +126,7 @@ export async function serve(flags: ServeFlags): Promise<void> {
     log.info({ signal }, 'stopping');
     try {
       await proxy.close();
+      journal.stopPurge();
       if (admin) await admin.close();
       await journal.close();
       log.info('stopped');

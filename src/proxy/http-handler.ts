@@ -174,20 +174,22 @@ export class HttpHandler {
     });
   }
 
-  /** Records the egress address/port as soon as the upstream socket is known. */
+  /**
+   * Records the egress address/port as soon as the upstream socket is known. http-proxy emits
+   * 'proxyReq' from inside the request's 'socket' event, so the socket is already assigned.
+   */
   private onProxyReq(proxyReq: http.ClientRequest, req: http.IncomingMessage): void {
     const ex = (req as RequestWithExchange).gardefou;
-    if (!ex) return;
-    proxyReq.once('socket', (s) => {
-      const report = () => {
-        ex.egressIp = s.localAddress ? plainAddress(s.localAddress) : null;
-        ex.egressPort = s.localPort ?? null;
-        if (this.ctx.parent === null) ex.destIp = s.remoteAddress ? plainAddress(s.remoteAddress) : ex.destIp;
-        ex.handle?.connected({ destIp: ex.destIp, egressIp: ex.egressIp, egressPort: ex.egressPort });
-      };
-      if (s.connecting) s.once('connect', report);
-      else report();
-    });
+    const s = proxyReq.socket;
+    if (!ex || !s) return;
+    const report = () => {
+      ex.egressIp = s.localAddress ? plainAddress(s.localAddress) : null;
+      ex.egressPort = s.localPort ?? null;
+      if (this.ctx.parent === null) ex.destIp = s.remoteAddress ? plainAddress(s.remoteAddress) : ex.destIp;
+      ex.handle?.connected({ destIp: ex.destIp, egressIp: ex.egressIp, egressPort: ex.egressPort });
+    };
+    if (s.connecting) s.once('connect', report);
+    else report();
   }
 
   private finish(res: http.ServerResponse, ex: Exchange): void {

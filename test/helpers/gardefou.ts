@@ -9,6 +9,10 @@ import * as path from 'node:path';
 import { PACKAGE_ROOT } from '../../src/config';
 
 export const BIN = path.join(PACKAGE_ROOT, 'bin', 'gardefou');
+/** The build these tests were compiled into (dist/ for `npm test`); bin/gardefou runs it. */
+export const BUILD_ROOT = path.resolve(__dirname, '..', '..');
+/** Environment for child processes: run the same build as the tests. */
+export const CHILD_ENV = { ...process.env, GARDEFOU_DIST: BUILD_ROOT };
 export const FIXTURES = path.join(PACKAGE_ROOT, 'test', 'fixtures');
 export const REAL_UT1 = path.join(PACKAGE_ROOT, '..', 'shared', 'ut1', 'blacklists');
 
@@ -58,6 +62,7 @@ export async function startGardefou(config: Record<string, unknown>, dir: string
   fs.writeFileSync(configPath, JSON.stringify(config, null, 2));
   const proc = spawn(process.execPath, [BIN, 'serve', '--config', configPath, ...args], {
     cwd: dir,
+    env: CHILD_ENV,
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   const logs: Array<Record<string, unknown>> = [];

@@ -130,7 +130,7 @@ t.test('block page: French then English, site, category with its French name, ti
   const ref = /class="ref">([0-9A-Z]{5}-[0-9A-Z]{5})</.exec(r.text)?.[1];
   t.ok(ref, 'reference id shown');
   t.notMatch(r.text, /canary/, 'the page does not echo the path or query');
-  const row = await waitFor(() => journalRows(gw.journalPath).find((x) => x['ref'] === ref), 'journal row of the block');
+  const row = await waitFor(() => journalRows(gw.journalPath).find((x) => x['ref'] === ref && x['end_ms'] !== null), 'journal row of the block');
   t.equal(row['decision'], 'block');
   t.equal(row['category'], 'adult');
   t.equal(row['dest_host'], 'www.blocked.test');
