@@ -9,6 +9,9 @@ import * as serve from './serve';
 
 const COMMANDS: Array<{ register(program: Command): void }> = [
   serve,
+  require('./journal') as typeof import('./journal'),
+  require('./check') as typeof import('./check'),
+  require('./lists') as typeof import('./lists'),
   // further commands register here
 ];
 

@@ -39,6 +39,8 @@ export const Reason = {
   badHost: 'bad-host',
   /** outside the profile's schedule */
   schedule: 'schedule',
+  /** a category the profile allows (whitelist-only profiles: the categories that pass) matched */
+  allowedCategory: 'allowed-category',
 } as const;
 export type ReasonCode = (typeof Reason)[keyof typeof Reason];
 

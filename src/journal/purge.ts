@@ -1,0 +1,104 @@
+/**
+ * Retention: records whose connection started more than `retentionDays` ago are deleted, block
+ * by block, in chunks of `chunkRows` rows, one chunk per transaction, yielding between chunks so
+ * the writer's batches interleave (the append path waits at most one chunk).
+ *
+ * A block is purged once all its records are past retention (its signed max_start_ms is older
+ * than the cutoff). Each purge run first appends a signed `purge` event carrying its cutoff;
+ * verify accepts a record missing from a block only when the block's max_start_ms is older than
+ * the cutoff of such an event. Held records (holds.ts) are spared; a block whose records are all
+ * gone keeps its header (ids_hash, leaves_hash, hash, sig) and drops its id and leaf lists: the
+ * anchor that keeps the remaining chain verifiable.
+ */
+import type Database from 'better-sqlite3';
+import { appendEvent } from './chain';
+import { activeHolds, holdsPredicate } from './holds';
+import type { Signer } from './keys';
+import { DAY_MS, decodeIds } from './record';
+
+export interface PurgeOptions {
+  retentionDays: number;
+  nowMs: number;
+  chunkRows: number;
+  operator: string;
+}
+
+export interface PurgeResult {
+  cutoffMs: number;
+  blocks: number;
+  deleted: number;
+  held: number;
+  chunks: number;
+  maxChunkMs: number;
+  totalMs: number;
+  event: number | null;
+  stopped: boolean;
+}
+
+export const DEFAULT_CHUNK_ROWS = 500;
+
+/**
+ * Runs a purge; `defer` schedules the next chunk (setImmediate in the writer thread, so
+ * batches run in between). `stopped` lets an orderly close end it between chunks.
+ */
+export async function runPurgeChunked(
+  db: Database.Database, journalId: string, signer: Signer, o: PurgeOptions,
+  defer: (fn: () => void) => void, stopped: () => boolean = () => false,
+): Promise<PurgeResult> {
+  const t0 = performance.now();
+  const cutoffMs = o.nowMs - o.retentionDays * DAY_MS;
+  const res: PurgeResult = { cutoffMs, blocks: 0, deleted: 0, held: 0, chunks: 0, maxChunkMs: 0, totalMs: 0, event: null, stopped: false };
+  const seqs = (db.prepare('SELECT seq FROM blocks WHERE max_start_ms < ? AND ids IS NOT NULL ORDER BY seq').all(cutoffMs) as Array<{ seq: number }>).map((r) => r.seq);
+  if (seqs.length === 0) {
+    res.totalMs = performance.now() - t0;
+    return res;
+  }
+  const holds = activeHolds(db);
+  const pred = holdsPredicate(holds);
+  res.event = db.transaction(() => appendEvent(db, journalId, signer, 'purge', {
+    cutoffMs, cutoff: new Date(cutoffMs).toISOString(), retentionDays: o.retentionDays, operator: o.operator,
+    blocks: seqs.length, firstBlock: seqs[0], lastBlock: seqs[seqs.length - 1], holds: holds.map((h) => h.id),
+  }, o.nowMs)).immediate().seq;
+  const getBlock = db.prepare('SELECT ids FROM blocks WHERE seq = ?');
+  const del = db.prepare(`DELETE FROM records WHERE id = ? AND NOT ${pred.sql}`);
+  const exists = db.prepare('SELECT 1 AS x FROM records WHERE id = ?');
+  const drop = db.prepare('UPDATE blocks SET ids = NULL, leaves = NULL WHERE seq = ?');
+  const tick = () => new Promise<void>((resolve) => defer(resolve));
+
+  for (const seq of seqs) {
+    const row = getBlock.get(seq) as { ids: Buffer | null } | undefined;
+    if (!row || row.ids === null) continue;
+    const ids = decodeIds(row.ids);
+    let kept = 0;
+    for (let i = 0; i < ids.length; i += o.chunkRows) {
+      if (stopped()) {
+        res.stopped = true;
+        res.totalMs = performance.now() - t0;
+        return res;
+      }
+      const chunk = ids.slice(i, i + o.chunkRows);
+      const last = i + o.chunkRows >= ids.length;
+      const c0 = performance.now();
+      db.transaction(() => {
+        for (const id of chunk) {
+          if (del.run(id, ...pred.params).changes === 1) res.deleted++;
+          else if (exists.get(id)) kept++;
+        }
+        if (last && kept === 0) drop.run(seq);
+      })();
+      const dt = performance.now() - c0;
+      res.chunks++;
+      if (dt > res.maxChunkMs) res.maxChunkMs = dt;
+      await tick();
+    }
+    res.held += kept;
+    res.blocks++;
+  }
+  res.totalMs = performance.now() - t0;
+  return res;
+}
+
+/** The same, without yielding to anything else (the command-line purge in its own process). */
+export async function runPurge(db: Database.Database, journalId: string, signer: Signer, o: PurgeOptions): Promise<PurgeResult> {
+  return runPurgeChunked(db, journalId, signer, o, (fn) => setImmediate(fn));
+}

@@ -1,0 +1,145 @@
+/**
+ * Entry of the journal writer thread. Messages in (from writer.ts): ops batches, purge, close.
+ * Messages out: ready / init-error, commit results (the proxy side settles begin() promises in
+ * order from them), health changes, purge results, closed, log lines.
+ *
+ * Group commit: the first op after an idle period arms a `batchMs` timer; everything that
+ * arrives until it fires goes into one transaction. A purge runs one small chunk per turn of
+ * this thread's event loop, so batches interleave with it (see purge.ts).
+ */
+import { parentPort, workerData } from 'node:worker_threads';
+import { errorMessage } from '../errors';
+import { runPurgeChunked, type PurgeResult } from './purge';
+import { SEAL_MS, WriterCore, type CommitResult, type CoreOptions, type Op } from './writer-core';
+
+export interface WorkerInit {
+  opts: CoreOptions;
+  batchMs: number;
+  retryMs: number;
+}
+
+export type ToWorker =
+  | { t: 'ops'; ops: Op[] }
+  | { t: 'purge'; retentionDays: number; nowMs: number | null; chunkRows: number }
+  | { t: 'close' };
+
+export interface ReadyInfo {
+  nextId: number;
+  journalId: string;
+  fingerprint: string;
+  recovered: number;
+  keyCreated: boolean;
+  files: { db: string; key: string; pub: string; audit: string; head: string };
+}
+
+export type FromWorker =
+  | ({ t: 'ready' } & ReadyInfo)
+  | { t: 'init-error'; message: string }
+  | ({ t: 'commit'; written: number; unsealed: number; pending: number; blocks: number } & CommitResult)
+  | { t: 'health'; healthy: boolean; error: string | null }
+  | { t: 'purged'; result: PurgeResult }
+  | { t: 'purge-error'; message: string }
+  | { t: 'closed'; ok: boolean; error: string | null };
+
+const port = parentPort;
+if (!port) throw new Error('writer-worker must run as a worker thread');
+const init = workerData as WorkerInit;
+
+let core: WriterCore;
+try {
+  core = new WriterCore(init.opts);
+  const ready: FromWorker = {
+    t: 'ready',
+    nextId: core.nextId,
+    journalId: core.journalId,
+    fingerprint: core.signer.fingerprint,
+    recovered: core.recovered,
+    keyCreated: core.keyCreated,
+    files: core.files,
+  };
+  port.postMessage(ready);
+  start(core);
+} catch (err) {
+  port.postMessage({ t: 'init-error', message: errorMessage(err) } satisfies FromWorker);
+}
+
+function start(c: WriterCore): void {
+  const p = port!;
+  let batchTimer: NodeJS.Timeout | null = null;
+  let sealTimer: NodeJS.Timeout | null = null;
+  let retryTimer: NodeJS.Timeout | null = null;
+  let closing = false;
+  let purging = false;
+
+  const post = (r: CommitResult) => {
+    const m: FromWorker = { t: 'commit', ...r, written: c.recordsWritten, unsealed: c.unsealedCount, pending: c.pending, blocks: c.blocksSealed };
+    p.postMessage(m);
+  };
+
+  const afterCommit = (r: CommitResult, wasHealthy: boolean) => {
+    post(r);
+    if (wasHealthy !== c.healthy) p.postMessage({ t: 'health', healthy: c.healthy, error: c.lastError } satisfies FromWorker);
+    if (!c.healthy) {
+      if (!retryTimer && !closing) retryTimer = setTimeout(retry, init.retryMs);
+      return;
+    }
+    armSeal();
+  };
+
+  const flush = () => {
+    batchTimer = null;
+    if (!c.due(Date.now())) {
+      armSeal();
+      return;
+    }
+    const was = c.healthy;
+    afterCommit(c.commit(), was);
+  };
+
+  const armSeal = () => {
+    if (sealTimer || batchTimer || closing || c.unsealedCount === 0 || !c.healthy) return;
+    const wait = Math.max(0, SEAL_MS - (Date.now() - c.unsealedSince));
+    sealTimer = setTimeout(() => {
+      sealTimer = null;
+      if (!batchTimer) flush();
+    }, wait);
+  };
+
+  const retry = () => {
+    retryTimer = null;
+    if (closing) return;
+    const was = c.healthy;
+    afterCommit(c.retry(), was);
+  };
+
+  p.on('message', (m: ToWorker) => {
+    if (m.t === 'ops') {
+      for (const op of m.ops) c.apply(op);
+      if (!batchTimer && !closing) batchTimer = setTimeout(flush, init.batchMs);
+    } else if (m.t === 'purge') {
+      if (purging) {
+        p.postMessage({ t: 'purge-error', message: 'a purge is already running' } satisfies FromWorker);
+        return;
+      }
+      purging = true;
+      runPurgeChunked(c.db, c.journalId, c.signer, {
+        retentionDays: m.retentionDays,
+        nowMs: m.nowMs ?? Date.now(),
+        chunkRows: m.chunkRows,
+        operator: 'serve',
+      }, (fn) => setImmediate(fn), () => closing).then(
+        (result) => p.postMessage({ t: 'purged', result } satisfies FromWorker),
+        (err: unknown) => p.postMessage({ t: 'purge-error', message: errorMessage(err) } satisfies FromWorker),
+      ).finally(() => {
+        purging = false;
+      });
+    } else if (m.t === 'close') {
+      closing = true;
+      for (const t of [batchTimer, sealTimer, retryTimer]) if (t) clearTimeout(t);
+      const r = c.close();
+      post(r);
+      p.postMessage({ t: 'closed', ok: r.ok, error: r.error ?? null } satisfies FromWorker);
+      p.close();
+    }
+  });
+}
