@@ -249,6 +249,8 @@ export function tlsGetOverSocket(socket: net.Socket, servername: string, ca: str
     const chunks: Buffer[] = [];
     t.on('data', (c: Buffer) => chunks.push(c));
     t.on('end', () => {
+      t.destroy();
+      socket.destroy();
       const text = Buffer.concat(chunks).toString('utf8');
       resolve(text.slice(text.indexOf('\r\n\r\n') + 4));
     });

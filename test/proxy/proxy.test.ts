@@ -368,3 +368,64 @@ t.test('SIGTERM lets an in-flight request finish, flushes the journal, exits 0',
   t.ok(slow, 'the in-flight request was journaled');
   t.ok(slow && slow['end_ms'] !== null, 'and completed');
 });
+
+t.test('IPv6: a [::1] listener, an IPv6 client and an IPv6 origin', async (t) => {
+  const dir = tempDir();
+  const v6origin = http.createServer((req, res) => { req.resume(); res.end(`v6-origin:${req.headers.host ?? ''}`); });
+  await new Promise<void>((r) => v6origin.listen(0, '::1', () => r()));
+  t.teardown(() => new Promise<void>((r) => { v6origin.closeAllConnections(); v6origin.close(() => r()); }));
+  const v6port = (v6origin.address() as { port: number }).port;
+  const g = await startGardefou(testConfig(dir, { listen: ['[::1]:0'], allowDestinations: ['::1/128'] }), dir);
+  t.teardown(() => g.stop());
+  const r = await viaProxy(g.port, `http://[::1]:${v6port}/`, { host: '::1' });
+  t.equal(r.status, 200);
+  t.equal(r.text, `v6-origin:[::1]:${v6port}`);
+  const row = await waitFor(() => journalRows(g.journalPath).find((x) => x['end_ms'] !== null && x['status'] === 200), 'journal row');
+  t.equal(row['client_ip'], '::1');
+  t.equal(row['dest_host'], '::1');
+  t.equal(row['egress_ip'], '::1');
+});
+
+t.test('parentProxy: requests and tunnels go through the upstream proxy', async (t) => {
+  // A minimal parent proxy on loopback: absolute-form requests are answered directly,
+  // CONNECT is spliced to the TLS origin; it records what it was asked.
+  const asked: string[] = [];
+  const tunnels = new Set<import('node:net').Socket>();
+  const parent = http.createServer((req, res) => {
+    asked.push(`${req.method} ${req.url}`);
+    req.resume();
+    res.end(`parent-saw:${req.url}`);
+  });
+  parent.on('connect', (req: http.IncomingMessage, sock: import('node:net').Socket) => {
+    asked.push(`CONNECT ${req.url}`);
+    tunnels.add(sock);
+    const up = require('node:net').connect(tlsOrigin.port, '127.0.0.1', () => {
+      sock.write('HTTP/1.1 200 Connection established\r\n\r\n');
+      sock.pipe(up);
+      up.pipe(sock);
+    });
+    up.on('error', () => sock.destroy());
+    sock.on('error', () => up.destroy());
+  });
+  await new Promise<void>((r) => parent.listen(0, '127.0.0.1', () => r()));
+  t.teardown(() => new Promise<void>((r) => {
+    for (const s of tunnels) s.destroy();
+    parent.closeAllConnections();
+    parent.close(() => r());
+  }));
+  const pport = (parent.address() as { port: number }).port;
+  const dir = tempDir();
+  // no hosts file and no allowDestinations: with a parent, the gateway never resolves names
+  const g = await startGardefou(testConfig(dir, { parentProxy: `http://127.0.0.1:${pport}`, allowDestinations: [], connectPorts: [443] }), dir);
+  t.teardown(() => g.stop());
+  const r = await viaProxy(g.port, 'http://www.unresolvable-name.test/page?x=1');
+  t.equal(r.status, 200);
+  t.equal(r.text, 'parent-saw:http://www.unresolvable-name.test/page?x=1', 'absolute-form to the parent');
+  const b = await viaProxy(g.port, 'http://blocked.test/');
+  t.equal(b.status, 403, 'filtering still applies before the parent');
+  const c = await connectVia(g.port, 'tls.test:443');
+  t.equal(c.status, 200);
+  t.equal(await tlsGetOverSocket(c.socket, 'tls.test', cert.cert), 'tls-origin:tls.test');
+  c.socket.destroy();
+  t.same(asked, ['GET http://www.unresolvable-name.test/page?x=1', 'CONNECT tls.test:443']);
+});
