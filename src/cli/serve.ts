@@ -100,24 +100,56 @@ export async function serve(flags: ServeFlags): Promise<void> {
   const adminBound = admin && cfg.admin.listen ? await admin.listen(cfg.admin.listen) : null;
   log.info({ listen: bound.map((b) => `${b.host}:${b.port}`), admin: adminBound }, 'ready');
 
-  let reloading = false;
-  const reload = async () => {
-    if (reloading) return;
-    reloading = true;
+  // One reload at a time; a signal arriving during a reload queues exactly one more.
+  let reloading: Promise<void> | null = null;
+  let reloadAgain = false;
+  const reload = (why: string): void => {
+    if (reloading) {
+      reloadAgain = true;
+      return;
+    }
+    reloading = (async () => {
+      try {
+        const next = configFromFlags(flags);
+        const nextPolicy = await loadPolicy(next, log);
+        proxy.reconfigure(next);
+        proxy.setPolicy(nextPolicy);
+        if (JSON.stringify(next.listen) !== JSON.stringify(cfg.listen)) log.warn('listen addresses changed: restart to apply them');
+        if (next.lists !== cfg.lists) watchIndex(next.lists);
+        cfg = next;
+        log.info({ why, ...nextPolicy.describe(), serial: nextPolicy.listSerial }, 'reloaded');
+      } catch (err) {
+        log.error({ why, err: errorMessage(err) }, 'reload failed; keeping the configuration and lists in force');
+      }
+    })().finally(() => {
+      reloading = null;
+      if (reloadAgain) {
+        reloadAgain = false;
+        reload(why);
+      }
+    });
+  };
+
+  // A compiled index file is watched: replacing it (rename over) swaps the lists in, as SIGHUP.
+  let watched: string | null = null;
+  const onIndexChange = (cur: fs.Stats, prev: fs.Stats) => {
+    if (cur.ino !== prev.ino || cur.mtimeMs !== prev.mtimeMs || cur.size !== prev.size) reload('index file changed');
+  };
+  const watchIndex = (lists: string) => {
+    if (watched !== null) fs.unwatchFile(watched, onIndexChange);
+    watched = null;
+    let isFile = false;
     try {
-      const next = configFromFlags(flags);
-      const nextPolicy = await loadPolicy(next, log);
-      proxy.reconfigure(next);
-      proxy.setPolicy(nextPolicy);
-      if (JSON.stringify(next.listen) !== JSON.stringify(cfg.listen)) log.warn('listen addresses changed: restart to apply them');
-      cfg = next;
-      log.info({ ...nextPolicy.describe(), serial: nextPolicy.listSerial }, 'reloaded');
-    } catch (err) {
-      log.error({ err: errorMessage(err) }, 'reload failed; keeping the configuration and lists in force');
-    } finally {
-      reloading = false;
+      isFile = fs.statSync(lists).isFile() && !/\.(tar\.gz|tgz)$/.test(lists);
+    } catch {
+      return;
+    }
+    if (isFile) {
+      fs.watchFile(lists, { interval: 1000, persistent: false }, onIndexChange);
+      watched = lists;
     }
   };
+  watchIndex(cfg.lists);
 
   let stopping = false;
   const stop = async (signal: string) => {
@@ -136,9 +168,10 @@ export async function serve(flags: ServeFlags): Promise<void> {
     } finally {
       log.flush();
       process.off('SIGHUP', onHup);
+      if (watched !== null) fs.unwatchFile(watched, onIndexChange);
     }
   };
-  const onHup = () => void reload();
+  const onHup = () => reload('SIGHUP');
   process.on('SIGHUP', onHup);
   process.once('SIGTERM', () => void stop('SIGTERM'));
   process.once('SIGINT', () => void stop('SIGINT'));
