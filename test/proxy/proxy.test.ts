@@ -429,3 +429,35 @@ t.test('parentProxy: requests and tunnels go through the upstream proxy', async 
   c.socket.destroy();
   t.same(asked, ['GET http://www.unresolvable-name.test/page?x=1', 'CONNECT tls.test:443']);
 });
+
+t.test('fail-closed: when the journal cannot be written, traffic is refused with 503, then recovers', async (t) => {
+  const dir = tempDir();
+  const varDir = path.join(dir, 'var');
+  fs.mkdirSync(varDir);
+  const g = await startGardefou(testConfig(dir, { hosts: writeHosts(dir, NAMES), connectPorts: [tlsOrigin.port], journal: { path: path.join(varDir, 'journal.db') } }), dir);
+  t.teardown(() => g.stop());
+  t.equal((await viaProxy(g.port, url('allowed.test'))).status, 200);
+  fs.renameSync(varDir, path.join(dir, 'moved')); // the open file descriptors would still accept writes
+  const before = origin.seen.length;
+  let status = 0;
+  for (let i = 0; i < 100 && status !== 503; i++) {
+    status = (await viaProxy(g.port, url('allowed.test'))).status;
+    if (status !== 503) await new Promise((r) => setTimeout(r, 50));
+  }
+  t.equal(status, 503, 'refused while the journal is down');
+  const down = await viaProxy(g.port, url('allowed.test'));
+  t.equal(down.status, 503);
+  t.match(down.text, /journal de connexion/);
+  const c = await connectVia(g.port, `tls.test:${tlsOrigin.port}`);
+  t.equal(c.status, 503, 'tunnels refused too');
+  c.socket.destroy();
+  t.equal(origin.seen.length - before, 0, 'nothing forwarded unrecorded');
+  t.ok(g.logs.some((l) => l['level'] === 'error'), 'an error was logged');
+  fs.renameSync(path.join(dir, 'moved'), varDir);
+  let back = 0;
+  for (let i = 0; i < 200 && back !== 200; i++) {
+    back = (await viaProxy(g.port, url('allowed.test'))).status;
+    if (back !== 200) await new Promise((r) => setTimeout(r, 50));
+  }
+  t.equal(back, 200, 'serving again once the journal is writable');
+});
