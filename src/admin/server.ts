@@ -6,6 +6,7 @@ import * as http from 'node:http';
 import type * as net from 'node:net';
 import { parseHostPort } from '../config/hostport';
 import type { JournalWriter } from '../journal/types';
+import type { UpdateStatus } from '../lists/update';
 import type { Logger } from '../log';
 import type { ProxyServer } from '../proxy/server';
 
@@ -13,6 +14,8 @@ export interface AdminDeps {
   proxy: ProxyServer;
   journal: JournalWriter;
   log: Logger;
+  /** the DASEN update agent's status, when a feed is configured */
+  updateStatus?: (() => UpdateStatus) | null;
 }
 
 export class AdminServer {
@@ -39,6 +42,7 @@ export class AdminServer {
       uptimeSeconds: Math.round((Date.now() - this.startedMs) / 1000),
       lists: { ...policy.describe(), serial: policy.listSerial },
       journal: { healthy: this.deps.journal.healthy },
+      update: this.deps.updateStatus ? this.deps.updateStatus() : null,
     };
   }
 

@@ -12,6 +12,8 @@ const COMMANDS: Array<{ register(program: Command): void }> = [
   require('./journal') as typeof import('./journal'),
   require('./check') as typeof import('./check'),
   require('./lists') as typeof import('./lists'),
+  require('./dasen') as typeof import('./dasen'),
+  require('./update') as typeof import('./update'),
   // further commands register here
 ];
 

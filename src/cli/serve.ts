@@ -14,6 +14,7 @@ import { ConfigError, errorMessage } from '../errors';
 import { Identity } from '../identity';
 import { openJournal } from '../journal';
 import { createLogger, Logger } from '../log';
+import { AppliedInfo, currentBundle, UpdateAgent } from '../lists/update';
 import { loadPolicyEngine } from '../policy/engine';
 import type { PolicyEngine } from '../policy/types';
 import { ProxyServer } from '../proxy/server';
@@ -72,8 +73,33 @@ export function configFromFlags(flags: ServeFlags): Config {
   return validateConfig(cfg, origin);
 }
 
+/**
+ * Where the lists and policy in force come from: the DASEN bundle applied in update.stateDir
+ * when there is one (it carries its serial, and the school's policy composed with the DASEN
+ * layer), else the configured `lists` and `policy`.
+ */
+export function policySources(cfg: Config): { lists: string; policy: string; listSerial: string | null } {
+  const bundle = currentBundle(cfg.update.stateDir);
+  if (bundle) return { lists: bundle.listsPath, policy: bundle.policyPath, listSerial: bundle.serial };
+  return { lists: cfg.lists, policy: cfg.policy, listSerial: null };
+}
+
 async function loadPolicy(cfg: Config, log: Logger): Promise<PolicyEngine> {
-  return loadPolicyEngine({ lists: cfg.lists, policy: cfg.policy, log });
+  return loadPolicyEngine({ ...policySources(cfg), log });
+}
+
+function makeUpdateAgent(cfg: Config, log: Logger, onApplied: (info: AppliedInfo) => Promise<void>): UpdateAgent | null {
+  if (cfg.update.feed === null) return null;
+  return new UpdateAgent({
+    feed: cfg.update.feed,
+    trustedKeys: cfg.update.trustedKeys,
+    stateDir: cfg.update.stateDir,
+    intervalSeconds: cfg.update.intervalSeconds,
+    parentProxy: cfg.parentProxy,
+    schoolPolicy: cfg.policy,
+    log,
+    onApplied,
+  });
 }
 
 export async function serve(flags: ServeFlags): Promise<void> {
@@ -96,7 +122,14 @@ export async function serve(flags: ServeFlags): Promise<void> {
   const proxy = new ProxyServer({ config: cfg, policy, journal, log, identity: Identity.fromFile(cfg.workstations) });
   const bound = await proxy.listen();
   journal.startPurge();
-  const admin = cfg.admin.listen === null ? null : new AdminServer({ proxy, journal, log });
+  // The DASEN channel: a new bundle, once verified and compiled, is swapped in live.
+  const agent = makeUpdateAgent(cfg, log, async (info) => {
+    const next = await loadPolicyEngine({ lists: info.listsPath, policy: info.policyPath, listSerial: info.serial, log });
+    proxy.setPolicy(next);
+    log.info({ serial: info.serial, ...next.describe() }, 'bundle applied');
+  });
+  agent?.start();
+  const admin = cfg.admin.listen === null ? null : new AdminServer({ proxy, journal, log, updateStatus: agent ? () => agent.status() : null });
   const adminBound = admin && cfg.admin.listen ? await admin.listen(cfg.admin.listen) : null;
   log.info({ listen: bound.map((b) => `${b.host}:${b.port}`), admin: adminBound }, 'ready');
 
@@ -111,6 +144,12 @@ export async function serve(flags: ServeFlags): Promise<void> {
     reloading = (async () => {
       try {
         const next = configFromFlags(flags);
+        if (agent) {
+          // look at the feed now (a technician's `systemctl reload`, or the update timer), then
+          // compose the school's local entries, which may have changed, with the bundle again
+          await agent.checkNow();
+          await agent.recomposeLocal();
+        }
         const nextPolicy = await loadPolicy(next, log);
         proxy.reconfigure(next);
         proxy.setPolicy(nextPolicy);
@@ -157,6 +196,7 @@ export async function serve(flags: ServeFlags): Promise<void> {
     stopping = true;
     log.info({ signal }, 'stopping');
     try {
+      await agent?.stop();
       await proxy.close();
       journal.stopPurge();
       if (admin) await admin.close();

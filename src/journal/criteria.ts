@@ -15,6 +15,8 @@ export interface Criteria {
   host?: string;
   egressIp?: string;
   egressPort?: number;
+  /** --at: connections open at that instant (not only those that started then) */
+  active?: boolean;
 }
 
 export const LEGAL_BASES = ['60-1', '77-1-1', '99-3'] as const;
@@ -63,6 +65,7 @@ export function criteriaFromFlags(f: CriteriaFlags, requireIdentifying: boolean)
     if (toMs < fromMs) throw new InputError(`--to (${f.to}) is before --from (${f.from})`);
   }
   const c: Criteria = { fromMs, toMs };
+  if (f.at !== undefined) c.active = true;
   if (f.client !== undefined) {
     if (isIP(f.client) === 0) throw new InputError(`--client: expected an IP address, got "${f.client}"`);
     c.client = f.client;
@@ -116,6 +119,7 @@ export function criteriaJson(c: Criteria): Record<string, string | number> {
   if (c.host !== undefined) o['host'] = c.host;
   if (c.egressIp !== undefined) o['egressIp'] = c.egressIp;
   if (c.egressPort !== undefined) o['egressPort'] = c.egressPort;
+  if (c.active) o['openAt'] = 1;
   return o;
 }
 

@@ -19,8 +19,11 @@ import { DAY_MS, decodeIds } from './record';
 export interface PurgeOptions {
   retentionDays: number;
   nowMs: number;
+  /** most rows per chunk; the chunk shrinks when a chunk takes longer than targetChunkMs */
   chunkRows: number;
   operator: string;
+  /** aim for chunks at most this long (the longest the append path may wait); default 5 ms */
+  targetChunkMs?: number;
 }
 
 export interface PurgeResult {
@@ -64,31 +67,45 @@ export async function runPurgeChunked(
   const exists = db.prepare('SELECT 1 AS x FROM records WHERE id = ?');
   const drop = db.prepare('UPDATE blocks SET ids = NULL, leaves = NULL WHERE seq = ?');
   const tick = () => new Promise<void>((resolve) => defer(resolve));
+  const target = o.targetChunkMs ?? 5;
+  let size = Math.min(o.chunkRows, 64);
+  // A chunk need not survive a power cut (the next purge redoes it): no fsync for it. The
+  // writer's next batch commit (synchronous=FULL) syncs the WAL, purge frames included.
+  const sync = db.pragma('synchronous', { simple: true }) as number;
 
   for (const seq of seqs) {
     const row = getBlock.get(seq) as { ids: Buffer | null } | undefined;
     if (!row || row.ids === null) continue;
     const ids = decodeIds(row.ids);
     let kept = 0;
-    for (let i = 0; i < ids.length; i += o.chunkRows) {
+    for (let i = 0; i < ids.length;) {
       if (stopped()) {
         res.stopped = true;
         res.totalMs = performance.now() - t0;
         return res;
       }
-      const chunk = ids.slice(i, i + o.chunkRows);
-      const last = i + o.chunkRows >= ids.length;
+      const chunk = ids.slice(i, i + size);
+      i += chunk.length;
+      const last = i >= ids.length;
       const c0 = performance.now();
-      db.transaction(() => {
-        for (const id of chunk) {
-          if (del.run(id, ...pred.params).changes === 1) res.deleted++;
-          else if (exists.get(id)) kept++;
-        }
-        if (last && kept === 0) drop.run(seq);
-      })();
+      db.pragma('synchronous = NORMAL');
+      try {
+        db.transaction(() => {
+          for (const id of chunk) {
+            if (del.run(id, ...pred.params).changes === 1) res.deleted++;
+            else if (exists.get(id)) kept++;
+          }
+          if (last && kept === 0) drop.run(seq);
+        })();
+      } finally {
+        db.pragma(`synchronous = ${sync}`);
+      }
       const dt = performance.now() - c0;
       res.chunks++;
       if (dt > res.maxChunkMs) res.maxChunkMs = dt;
+      // adapt: cold pages (a day read back from disk) make rows cost 10x more than warm ones
+      if (dt > target) size = Math.max(8, Math.floor((size * target) / dt));
+      else if (dt < target / 2) size = Math.min(o.chunkRows, size * 2);
       await tick();
     }
     res.held += kept;

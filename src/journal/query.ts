@@ -24,21 +24,22 @@ export function planQuery(db: Database.Database, c: Criteria, skewMs: number): Q
   let index: string;
   let fromDay: number;
   let toDay: number;
-  if (c.egressPort !== undefined) {
+  if (c.egressPort !== undefined || c.active) {
+    // connections open during [from, to] +/- skew, wherever they started
     const maxDur = Number(getMeta(db, 'max_duration_ms') ?? '0');
-    index = 'rec_egress';
     fromDay = dayOf(c.fromMs - skewMs - maxDur);
     toDay = dayOf(c.toMs + skewMs);
-    where.push('egress_port = ?', 'start_ms <= ?', '(end_ms IS NULL OR end_ms >= ?)');
-    params.push(c.egressPort, c.toMs + skewMs, c.fromMs - skewMs);
-    if (c.egressIp !== undefined) { where.push('egress_ip = ?'); params.push(c.egressIp); }
+    where.push('start_ms <= ?', '(end_ms IS NULL OR end_ms >= ?)');
+    params.push(c.toMs + skewMs, c.fromMs - skewMs);
   } else {
     fromDay = dayOf(c.fromMs);
     toDay = dayOf(c.toMs);
     where.push('start_ms BETWEEN ? AND ?');
     params.push(c.fromMs, c.toMs);
-    index = c.user !== undefined ? 'rec_user' : c.workstation !== undefined ? 'rec_ws' : c.client !== undefined ? 'rec_client' : 'rec_host';
   }
+  index = c.egressPort !== undefined ? 'rec_egress' : c.user !== undefined ? 'rec_user' : c.workstation !== undefined ? 'rec_ws' : c.client !== undefined ? 'rec_client' : 'rec_host';
+  if (c.egressPort !== undefined) { where.push('egress_port = ?'); params.push(c.egressPort); }
+  if (c.egressIp !== undefined) { where.push('egress_ip = ?'); params.push(c.egressIp); }
   if (c.user !== undefined) { where.push('user = ?'); params.push(c.user); }
   if (c.workstation !== undefined) { where.push('workstation = ?'); params.push(c.workstation); }
   if (c.client !== undefined) { where.push('client_ip = ?'); params.push(c.client); }

@@ -187,6 +187,7 @@ export function openStore(file: string, opts: OpenOptions = {}): Database.Databa
       db.pragma('synchronous = FULL');
       db.pragma('cache_size = -65536');
       db.pragma('temp_store = MEMORY');
+      db.pragma('journal_size_limit = 67108864'); // the WAL shrinks back to 64 MiB after a burst
       const version = db.pragma('user_version', { simple: true }) as number;
       if (version !== 0 && version !== SCHEMA_VERSION) {
         throw new JournalError(`opening journal ${file}: schema version: expected ${SCHEMA_VERSION}, got ${version}`);

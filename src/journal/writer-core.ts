@@ -315,6 +315,7 @@ export class WriterCore {
       // the old handle may point at a deleted file; nothing to save there
     }
     this.db = db;
+    db.pragma('wal_autocheckpoint = 0');
     this.ino = st.ino;
     this.dev = st.dev;
     const self = this as unknown as { insertStmt: Database.Statement; updateStmt: Database.Statement; probeStmt: Database.Statement };

@@ -7,7 +7,7 @@
  * arrives until it fires goes into one transaction. A purge runs one small chunk per turn of
  * this thread's event loop, so batches interleave with it (see purge.ts).
  */
-import { parentPort, workerData } from 'node:worker_threads';
+import { Worker, parentPort, workerData } from 'node:worker_threads';
 import { errorMessage } from '../errors';
 import { runPurgeChunked, type PurgeResult } from './purge';
 import { SEAL_MS, WriterCore, type CommitResult, type CoreOptions, type Op } from './writer-core';
@@ -63,8 +63,40 @@ try {
   port.postMessage({ t: 'init-error', message: errorMessage(err) } satisfies FromWorker);
 }
 
+/**
+ * Checkpoints run in a thread of their own (PASSIVE: they never take the write lock), so the
+ * writer's commits never pay for copying the WAL into the database and fsyncing it; the
+ * writer connection has wal_autocheckpoint = 0.
+ */
+function checkpointerSource(): string {
+  return `
+const { workerData, parentPort } = require('node:worker_threads');
+const Database = require(workerData.sqlite);
+let db = null;
+const tick = () => {
+  try {
+    if (!db) { db = new Database(workerData.path, { fileMustExist: true }); db.pragma('busy_timeout = 0'); }
+    db.pragma('wal_checkpoint(PASSIVE)');
+  } catch (err) {
+    try { if (db) db.close(); } catch {}
+    db = null;
+  }
+};
+const timer = setInterval(tick, workerData.everyMs);
+parentPort.on('message', () => { clearInterval(timer); try { if (db) db.close(); } catch {} parentPort.close(); });
+`;
+}
+
+function startCheckpointer(file: string): Worker {
+  const w = new Worker(checkpointerSource(), { eval: true, workerData: { path: file, everyMs: 200, sqlite: require.resolve('better-sqlite3') } });
+  w.unref();
+  return w;
+}
+
 function start(c: WriterCore): void {
   const p = port!;
+  c.db.pragma('wal_autocheckpoint = 0');
+  const checkpointer = startCheckpointer(c.files.db);
   let batchTimer: NodeJS.Timeout | null = null;
   let sealTimer: NodeJS.Timeout | null = null;
   let retryTimer: NodeJS.Timeout | null = null;
@@ -112,7 +144,7 @@ function start(c: WriterCore): void {
     afterCommit(c.retry(), was);
   };
 
-  p.on('message', (m: ToWorker) => {
+  p.on('message', async (m: ToWorker) => {
     if (m.t === 'ops') {
       for (const op of m.ops) c.apply(op);
       if (!batchTimer && !closing) batchTimer = setTimeout(flush, init.batchMs);
@@ -136,6 +168,11 @@ function start(c: WriterCore): void {
     } else if (m.t === 'close') {
       closing = true;
       for (const t of [batchTimer, sealTimer, retryTimer]) if (t) clearTimeout(t);
+      checkpointer.postMessage('stop');
+      await new Promise<void>((resolve) => {
+        checkpointer.once('exit', () => resolve());
+        setTimeout(resolve, 2000).unref();
+      });
       const r = c.close();
       post(r);
       p.postMessage({ t: 'closed', ok: r.ok, error: r.error ?? null } satisfies FromWorker);

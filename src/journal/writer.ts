@@ -96,6 +96,7 @@ export class Journal extends EventEmitter implements JournalWriter {
     purgedRecords: 0, lastPurge: null,
   };
   private workerPending = 0;
+  private exited = false;
 
   /** @internal use openJournal() */
   constructor(private readonly worker: Worker, ready: ReadyInfo, private readonly cfg: JournalConfig, private readonly log: Logger) {
@@ -109,6 +110,7 @@ export class Journal extends EventEmitter implements JournalWriter {
     worker.on('message', (m: FromWorker) => this.onMessage(m));
     worker.on('error', (err) => this.onWorkerDeath(`journal writer thread failed: ${err.message}`));
     worker.on('exit', (code) => {
+      this.exited = true;
       if (!this.closing) this.onWorkerDeath(`journal writer thread exited (code ${code})`);
     });
   }
@@ -260,6 +262,11 @@ export class Journal extends EventEmitter implements JournalWriter {
     this.stopPurge();
     this.flushOutbox();
     this.closing = true;
+    if (this.exited) {
+      for (const w of this.waiters.splice(0)) w.reject(new JournalDownError('journal closed'));
+      this.closed = Promise.resolve();
+      return this.closed;
+    }
     this.closed = new Promise<void>((resolve) => {
       const onMsg = (m: FromWorker) => {
         if (m.t !== 'closed') return;

@@ -479,7 +479,7 @@ export interface TarSink {
  * where an entry's bytes go (or null to only hash them); `link` is called for symbolic links.
  */
 export async function readTarStrict(
-  src: AsyncIterable<Buffer>,
+  src: AsyncIterable<Buffer> | Iterable<Buffer>,
   expected: { files: readonly FileRef[]; links: readonly LinkEntry[] },
   open: (f: FileRef) => Promise<TarSink | null> | TarSink | null,
   link: (l: LinkEntry) => Promise<void> | void,
@@ -487,7 +487,7 @@ export async function readTarStrict(
 ): Promise<void> {
   const order: Array<FileRef | LinkEntry> = [...expected.files, ...expected.links];
   let idx = 0;
-  let pending = Buffer.alloc(0);
+  let pending: Buffer = Buffer.alloc(0);
   let cur: { ref: FileRef; left: number; pad: number; hash: crypto.Hash; sink: TarSink | null } | null = null;
   let padLeft = 0;
   let ended = false;
@@ -547,7 +547,7 @@ export async function readTarStrict(
     pending = pending.subarray(off);
   }
   if (cur) fail(Refusal.sizeMismatch, `${(cur as { ref: FileRef }).ref.path}: archive ends ${(cur as { left: number }).left} bytes early`);
-  if (idx !== order.length) fail(Refusal.malformed, `archive ends after ${idx} of ${order.length} entries`);
+  if (idx !== order.length) fail(Refusal.sizeMismatch, `archive ends early, after ${idx} of ${order.length} entries`);
   if (pending.length && !pending.every((b) => b === 0)) fail(Refusal.malformed, 'trailing bytes after the archive');
 }
 

@@ -39,6 +39,7 @@ export const Refusal = {
   tooLarge: 'too-large',
   mixAndMatch: 'mix-and-match',
   compile: 'compile-failed',
+  policy: 'bad-policy',
   network: 'network',
   timeout: 'timeout',
   httpStatus: 'http-status',

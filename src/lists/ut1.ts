@@ -58,7 +58,8 @@ class DirTree implements Tree {
   }
 
   files(dir: string): string[] {
-    return fs.readdirSync(path.join(this.root, dir), { withFileTypes: true }).filter((d) => d.isFile()).map((d) => d.name);
+    // symlinked files are read through (a tree assembled from links to other trees)
+    return fs.readdirSync(path.join(this.root, dir), { withFileTypes: true }).filter((d) => d.isFile() || d.isSymbolicLink()).map((d) => d.name);
   }
 
   read(rel: string): Buffer | null {
@@ -268,7 +269,7 @@ function eachEntry(b: Buffer, file: string, builder: IndexBuilder, firstTokenOnl
   return count;
 }
 
-const keyTmp = new Uint32Array(2);
+const keyTmp = new Int32Array(2);
 
 /**
  * Domains: the common line (ASCII letters, digits, '-', '_', '.', labels well formed, last

@@ -22,7 +22,7 @@ interface Bucket {
 export class EntrySet {
   private readonly byLo = new Map<number, Bucket[]>();
   readonly size: number;
-  private readonly tmp = new Uint32Array(2);
+  private readonly tmp = new Int32Array(2);
 
   /** `entries` must be valid (see parseEntry); the caller reports bad ones with their key. */
   constructor(entries: ReadonlyArray<{ host: string; path: string }>) {

@@ -6,7 +6,9 @@
  * Two 32-bit lanes with different multipliers (FNV-1a and a murmur-style step), each mixed with
  * the suffix length and finalised with murmur3's fmix32. 64 bits: at 10 M entries the chance
  * that any request suffix collides with an entry is about 10^7 / 2^64 per lookup.
- * `lo` is never 0: 0 marks an empty slot in the tables.
+ * `lo` is never 0: 0 marks an empty slot in the tables. Keys are signed 32-bit integers (Int32Array)
+ * so that V8 keeps them as small integers: an unsigned value over 2^31 would be boxed as a heap
+ * number on every call, i.e. an allocation per lookup.
  *
  * The same code hashes list entries at compile time (bytes or strings) and hosts at lookup
  * time: any change here changes the index format (bump FORMAT_VERSION in index-format.ts).
@@ -30,7 +32,7 @@ export function fmix32(h: number): number {
   h ^= h >>> 13;
   h = Math.imul(h, 0xc2b2ae35);
   h ^= h >>> 16;
-  return h >>> 0;
+  return h | 0;
 }
 
 export function finalLo(h1: number, len: number): number {
@@ -43,7 +45,7 @@ export function finalHi(h2: number, len: number): number {
 }
 
 /** Key of a whole string (list entries at compile time, tests). Returns [lo, hi]. */
-export function hashString(s: string, out: Uint32Array): void {
+export function hashString(s: string, out: Int32Array): void {
   let h1 = SEED1;
   let h2 = SEED2;
   for (let i = s.length - 1; i >= 0; i--) {
@@ -56,7 +58,7 @@ export function hashString(s: string, out: Uint32Array): void {
 }
 
 /** Key of bytes [from, to) of a buffer, ASCII upper case folded to lower case. */
-export function hashBytesLower(b: Uint8Array, from: number, to: number, out: Uint32Array): void {
+export function hashBytesLower(b: Uint8Array, from: number, to: number, out: Int32Array): void {
   let h1 = SEED1;
   let h2 = SEED2;
   for (let i = to - 1; i >= from; i--) {
@@ -73,8 +75,8 @@ export function hashBytesLower(b: Uint8Array, from: number, to: number, out: Uin
  * Open-addressing (linear probing) table of 64-bit keys: keys[2*i] = lo, keys[2*i+1] = hi,
  * lo === 0 means empty. Returns the slot of the key, or -1.
  */
-export function findSlot(keys: Uint32Array, cap: number, lo: number, hi: number): number {
-  let i = lo % cap;
+export function findSlot(keys: Int32Array, cap: number, lo: number, hi: number): number {
+  let i = (lo & 0x7fffffff) % cap;
   for (;;) {
     const k = keys[2 * i]!;
     if (k === 0) return -1;
@@ -84,8 +86,8 @@ export function findSlot(keys: Uint32Array, cap: number, lo: number, hi: number)
 }
 
 /** Inserts a key known to be absent; returns its slot. The table must have a free slot. */
-export function insertSlot(keys: Uint32Array, cap: number, lo: number, hi: number): number {
-  let i = lo % cap;
+export function insertSlot(keys: Int32Array, cap: number, lo: number, hi: number): number {
+  let i = (lo & 0x7fffffff) % cap;
   while (keys[2 * i] !== 0) {
     if (++i === cap) i = 0;
   }

@@ -24,7 +24,7 @@ export class IndexBuilder {
 
   // domain table while building
   private cap = 1024;
-  private keys = new Uint32Array(2 * 1024);
+  private keys = new Int32Array(2 * 1024);
   private vals = new Uint32Array(1024);
   private count = 0;
   // category sets: id -> sorted category indices; key "1,5,9" -> id; (id, cat) -> id
@@ -35,7 +35,7 @@ export class IndexBuilder {
   // url entries: host -> entries
   private readonly urls = new Map<string, Array<{ cat: number; path: string }>>();
   private readonly expressions: Array<{ category: number; source: string }> = [];
-  private readonly tmp = new Uint32Array(2);
+  private readonly tmp = new Int32Array(2);
 
   category(name: string): number {
     const got = this.byName.get(name);
@@ -116,7 +116,7 @@ export class IndexBuilder {
     const oldVals = this.vals;
     const oldCap = this.cap;
     this.cap = newCap;
-    this.keys = new Uint32Array(2 * newCap);
+    this.keys = new Int32Array(2 * newCap);
     this.vals = new Uint32Array(newCap);
     for (let i = 0; i < oldCap; i++) {
       const lo = oldKeys[2 * i]!;
@@ -156,7 +156,7 @@ export class IndexBuilder {
     const W = Math.max(1, Math.ceil(C / 32));
     // domain table at its final size
     const dcap = capacityFor(this.count);
-    const dkeys = new Uint32Array(2 * dcap);
+    const dkeys = new Int32Array(2 * dcap);
     const dvals = new Uint16Array(dcap);
     for (let i = 0; i < this.cap; i++) {
       const lo = this.keys[2 * i]!;
@@ -171,7 +171,7 @@ export class IndexBuilder {
     // url tables
     const hosts = [...this.urls.keys()];
     const ucap = capacityFor(hosts.length);
-    const ukeys = new Uint32Array(2 * ucap);
+    const ukeys = new Int32Array(2 * ucap);
     const uvals = new Uint32Array(ucap);
     const ugroups = new Uint32Array(2 * hosts.length);
     let nEntries = 0;
@@ -214,10 +214,22 @@ export class IndexBuilder {
       domains: { count: this.count, capacity: dcap, sets: this.sets.length, words: W },
       urls: { hosts: hosts.length, capacity: ucap, groups: hosts.length, entries: nEntries, blobBytes },
       expressions: this.expressions,
+      filterBits: 0,
       malformed: { count: this.malformedCount, first: this.malformed },
       sections: {} as IndexHeader['sections'],
     };
-    const sections: IndexSections = { dkeys, dvals, sets, ukeys, uvals, ugroups, uentries, ublob };
+    // presence filter over both key sets (list-index.ts probe)
+    const filterBits = Math.max(64, Math.ceil(((this.count + hosts.length) * 10) / 32) * 32);
+    const filter = new Uint32Array(filterBits / 32);
+    for (const keys of [dkeys, ukeys]) {
+      for (let i = 0; i < keys.length; i += 2) {
+        if (keys[i] === 0) continue;
+        const bit = (keys[i + 1]! & 0x7fffffff) % filterBits;
+        filter[bit >>> 5]! |= 1 << (bit & 31);
+      }
+    }
+    header.filterBits = filterBits;
+    const sections: IndexSections = { dkeys, dvals, sets, ukeys, uvals, ugroups, uentries, ublob, filter };
     return serializeIndex(header, sections);
   }
 }

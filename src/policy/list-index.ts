@@ -3,8 +3,10 @@
  * lookups the engine runs per request.
  *
  * Lookup of a host walks it once, right to left. At each label boundary the key of the suffix
- * to its right is complete (hash.ts) and is probed in the domain table and in the url-host
- * table; suffixes that hit are recorded in preallocated arrays (hitStart / hitSet / hitGroup).
+ * to its right is complete (hash.ts) and is kept in a preallocated array. Then the presence
+ * filter bit of every suffix is read (independent reads: the CPU overlaps their cache misses),
+ * and only the suffixes that pass are probed in the domain table and the url-host table;
+ * suffixes that hit are recorded in preallocated arrays (hitStart / hitSet / hitGroup).
  * The engine then asks "which hit is in this category mask?" as many times as it needs
  * (mandatory layer, profile) without hashing again. IPv4 and IPv6 literals are probed whole,
  * never by suffix. Nothing on this path allocates: charCodeAt, integer state, reused arrays.
@@ -36,11 +38,17 @@ export class ListIndex {
   private readonly s: IndexSections;
   private readonly dcap: number;
   private readonly ucap: number;
+  private readonly filter: Uint32Array;
+  private readonly filterBits: number;
 
   // results of the last collect(): reused, never reallocated
   readonly hitStart = new Int32Array(MAX_HITS);
   readonly hitSet = new Int32Array(MAX_HITS);
   readonly hitGroup = new Int32Array(MAX_HITS);
+  // suffix keys of the host being looked up
+  private readonly kLo = new Int32Array(MAX_HITS);
+  private readonly kHi = new Int32Array(MAX_HITS);
+  private readonly kStart = new Int32Array(MAX_HITS);
   /** set by domainMatch / urlMatch: start of the matching suffix, category, url entry */
   matchStart = -1;
   matchCategory = -1;
@@ -54,6 +62,8 @@ export class ListIndex {
     this.words = header.domains.words;
     this.dcap = header.domains.capacity;
     this.ucap = header.urls.capacity;
+    this.filter = sections.filter;
+    this.filterBits = header.filterBits;
     this.bytes = buf.length;
     header.categories.forEach((c, i) => {
       this.byName.set(c.name, i);
@@ -115,23 +125,48 @@ export class ListIndex {
       }
       return this.probe(0, finalLo(h1, n), finalHi(h2, n), 0);
     }
+    // Two phases: first the key of every suffix (pure arithmetic), then the filter reads. The
+    // reads do not depend on each other, so the CPU overlaps their cache misses.
     let h1 = SEED1;
     let h2 = SEED2;
-    let hits = 0;
+    let nk = 0;
+    const kLo = this.kLo;
+    const kHi = this.kHi;
+    const kStart = this.kStart;
     for (let i = n - 1; i >= 0; i--) {
       const c = host.charCodeAt(i);
-      if (c === 46 /* . */ && hits < MAX_HITS) {
+      if (c === 46 /* . */ && nk < MAX_HITS - 1) {
         const len = n - i - 1;
-        hits = this.probe(i + 1, finalLo(h1, len), finalHi(h2, len), hits);
+        kLo[nk] = finalLo(h1, len);
+        kHi[nk] = finalHi(h2, len);
+        kStart[nk] = i + 1;
+        nk++;
       }
       h1 = step1(h1, c);
       h2 = step2(h2, c);
     }
-    if (hits < MAX_HITS) hits = this.probe(0, finalLo(h1, n), finalHi(h2, n), hits);
+    kLo[nk] = finalLo(h1, n);
+    kHi[nk] = finalHi(h2, n);
+    kStart[nk] = 0;
+    nk++;
+    const filter = this.filter;
+    const bits = this.filterBits;
+    let pass = 0;
+    for (let k = 0; k < nk; k++) {
+      const bit = (kHi[k]! & 0x7fffffff) % bits;
+      if ((filter[bit >>> 5]! & (1 << (bit & 31))) !== 0) kStart[pass++] = kStart[k]! | (k << 16);
+    }
+    let hits = 0;
+    for (let p = 0; p < pass; p++) {
+      const k = kStart[p]! >>> 16;
+      hits = this.probe(kStart[p]! & 0xffff, kLo[k]!, kHi[k]!, hits);
+    }
     return hits;
   }
 
   private probe(start: number, lo: number, hi: number, hits: number): number {
+    const bit = (hi & 0x7fffffff) % this.filterBits;
+    if ((this.filter[bit >>> 5]! & (1 << (bit & 31))) === 0) return hits; // certainly absent
     const d = findSlot(this.s.dkeys, this.dcap, lo, hi);
     const u = this.ucap > 0 ? findSlot(this.s.ukeys, this.ucap, lo, hi) : -1;
     if (d < 0 && u < 0) return hits;

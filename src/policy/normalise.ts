@@ -41,7 +41,7 @@ function isHostChar(c: number): boolean {
  * (an all-digit or 0x last label makes WHATWG read the name as an IPv4 literal).
  * Returns true when `s` can be used as is (the fast path: no allocation).
  */
-function isCleanName(s: string): boolean {
+function isCleanName(s: string, punycodeChecked: boolean): boolean {
   const n = s.length;
   if (n === 0 || n > 253) return false;
   let labelStart = 0;
@@ -53,6 +53,9 @@ function isCleanName(s: string): boolean {
       labelStart = i + 1;
     } else if (!isHostChar(c)) {
       return false;
+    } else if (!punycodeChecked && c === 45 && i - labelStart === 3 && s.charCodeAt(i - 1) === 45 &&
+               s.charCodeAt(i - 2) === 110 && s.charCodeAt(i - 3) === 120) {
+      return false; // "xn--" label: let the URL parser validate the punycode
     }
   }
   const last = n - labelStart;
@@ -107,7 +110,7 @@ export function isIPv4Literal(s: string): boolean {
  * brackets). The engine re-checks targets with it: a host it cannot vouch for is refused.
  */
 export function isNormalisedHost(h: string): boolean {
-  if (isCleanName(h) || isIPv4Literal(h)) return true;
+  if (isCleanName(h, true) || isIPv4Literal(h)) return true;
   if (h.indexOf(':') < 0 || h.length > 45) return false;
   for (let i = 0; i < h.length; i++) {
     const c = h.charCodeAt(i);
@@ -132,7 +135,7 @@ function hasControlOrSpace(s: string): boolean {
 export function normaliseHost(raw: string): string | null {
   let s = raw;
   // fast path: already clean (the common case for lists and browsers): no allocation
-  if (isCleanName(s)) return s;
+  if (isCleanName(s, false)) return s;
   if (s.length === 0 || s.length > 1024 || hasControlOrSpace(s)) return null;
   if (s.charCodeAt(0) === CC_LBRACKET) {
     if (s.charCodeAt(s.length - 1) !== CC_RBRACKET) return null;
@@ -153,7 +156,7 @@ export function normaliseHost(raw: string): string | null {
   }
   if (h.length > 0 && h.charCodeAt(h.length - 1) === CC_DOT) h = h.slice(0, -1);
   if (isIPv4Literal(h)) return h;
-  return isCleanName(h) ? h : null;
+  return isCleanName(h, true) ? h : null;
 }
 
 function normaliseIPv6(inner: string): string | null {

@@ -42,6 +42,8 @@ t.test('query: each criterion, each format, egress port at time T with the skew 
     ['egress port at T (end + skew)', ['--at', new Date(T0 + 5000 + 10_000 + 2000).toISOString(), '--egress-ip', '198.51.100.7', '--egress-port', '40005'], [6]],
     ['egress port at T (beyond the skew)', ['--at', new Date(T0 + 5000 + 10_000 + 2001).toISOString(), '--egress-port', '40005'], []],
     ['egress port of a 3-day tunnel', ['--at', new Date(T0 + 20_000).toISOString(), '--egress-port', '55555'], [41]],
+    ['client at T: connections open then, not only started then', ['--at', new Date(T0 + 12_000).toISOString(), '--client', '10.1.0.5'], [6]],
+    ['user at T: the 3-day tunnel', ['--at', new Date(T0 - DAY).toISOString(), '--user', 'prof1'], [41]],
     ['wrong egress ip', ['--at', new Date(T0 + 8000).toISOString(), '--egress-ip', '198.51.100.8', '--egress-port', '40005'], []],
   ];
   // the user case: users are set on i % 3 === 0 -> eleve(i % 7); ids are i + 1
@@ -252,7 +254,8 @@ t.test('purge from the serving process (purgeNow), chunked, while appending', as
     }));
     const r = await j.purgeNow({ chunkRows: 7 });
     await appending;
-    t.match(r, { deleted: 50, held: 0, blocks: 1, chunks: 8 });
+    t.match(r, { deleted: 50, held: 0, blocks: 1 });
+    t.ok(r.chunks >= 8, 'in chunks of at most 7 rows');
     t.match(j.stats(), { purges: 1, purgedRecords: 50 });
   });
   const v = cli(['verify', '--journal', cfg.path, '--json']);
@@ -272,7 +275,7 @@ t.test('access: users outside the operator group are refused (real uids)', async
     return;
   }
   const groupName = lookupGroup('daemon') ? 'daemon' : 'bin';
-  const dir = t.testdir();
+  const dir = tmpDir(t);
   fs.chmodSync(dir, 0o755);
   const { cfgFile } = await fixture(dir, { operatorGroup: groupName });
   fs.chmodSync(cfgFile, 0o644);

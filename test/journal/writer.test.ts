@@ -17,6 +17,9 @@ t.test('begin/connected/finish store every LEGAL.md field, and nothing else', as
     h.connected({ destIp: '192.0.2.10', egressIp: '198.51.100.7', egressPort: 41234 });
     h.finish({ endMs: 1_741_946_527_456, destIp: '192.0.2.10', egressIp: '198.51.100.7', egressPort: 41234, status: 204, bytesIn: 10, bytesOut: 20, decision: 'error', reason: 'upstream-reset' });
     h.finish({ endMs: 1, destIp: null, egressIp: null, egressPort: null, status: 500, bytesIn: 0, bytesOut: 0 }); // second finish ignored
+    const live = new Database(cfg.path, { readonly: true });
+    t.equal(live.pragma('journal_mode', { simple: true }), 'wal', 'WAL while serving');
+    live.close();
     const refused = await j.begin(sampleOpen(5, { decision: 'refused', reason: 'port' }));
     refused.finish({ endMs: Date.now(), destIp: null, egressIp: null, egressPort: null, status: 403, bytesIn: 0, bytesOut: 0 });
   });
@@ -35,7 +38,7 @@ t.test('begin/connected/finish store every LEGAL.md field, and nothing else', as
   t.match(db.prepare('SELECT * FROM records WHERE id = 2').get(), { decision: 'refused', reason: 'port', status: 403, egress_port: null });
   t.equal((db.prepare('SELECT count(*) AS n FROM blocks').get() as { n: number }).n, 1, 'close sealed one block');
   t.same((db.prepare('SELECT kind FROM events ORDER BY seq').all() as Array<{ kind: string }>).map((e) => e.kind), ['start', 'stop']);
-  t.equal(db.pragma('journal_mode', { simple: true }), 'wal');
+  t.equal(db.pragma('journal_mode', { simple: true }), 'delete', 'rollback journal once stopped, so operators can read it without creating -shm');
   t.equal(db.pragma('user_version', { simple: true }), 1, 'schema version recorded');
   t.equal(fs.statSync(cfg.path).mode & 0o777, 0o640, 'journal file 0640');
   t.equal(fs.statSync(path.join(dir, 'journal.key')).mode & 0o777, 0o600, 'private key 0600');
