@@ -14,6 +14,8 @@ export interface AdminDeps {
   proxy: ProxyServer;
   journal: JournalWriter;
   log: Logger;
+  /** Prometheus text of /metrics */
+  metrics?: { render(): string; contentType: string } | null;
   /** the DASEN update agent's status, when a feed is configured */
   updateStatus?: (() => UpdateStatus) | null;
 }
@@ -58,11 +60,15 @@ export class AdminServer {
       res.writeHead(healthy ? 200 : 503, { 'content-type': 'application/json', 'cache-control': 'no-store' }).end(body);
       return;
     }
+    if (path === '/metrics' && this.deps.metrics) {
+      res.writeHead(200, { 'content-type': this.deps.metrics.contentType, 'cache-control': 'no-store' }).end(this.deps.metrics.render());
+      return;
+    }
     if (path === '/status') {
       res.writeHead(200, { 'content-type': 'application/json', 'cache-control': 'no-store' }).end(JSON.stringify(this.status(), null, 2) + '\n');
       return;
     }
-    res.writeHead(404, { 'content-type': 'text/plain' }).end('not found; try /healthz or /status\n');
+    res.writeHead(404, { 'content-type': 'text/plain' }).end('not found; try /healthz, /status or /metrics\n');
   }
 
   async close(): Promise<void> {

@@ -5,15 +5,20 @@
  */
 import { Command, CommanderError } from 'commander';
 import { GardefouError, errorMessage } from '../errors';
+import * as check from './check';
+import * as dasen from './dasen';
+import * as journal from './journal';
+import * as lists from './lists';
 import * as serve from './serve';
+import * as update from './update';
 
 const COMMANDS: Array<{ register(program: Command): void }> = [
   serve,
-  require('./journal') as typeof import('./journal'),
-  require('./check') as typeof import('./check'),
-  require('./lists') as typeof import('./lists'),
-  require('./dasen') as typeof import('./dasen'),
-  require('./update') as typeof import('./update'),
+  journal,
+  check,
+  lists,
+  dasen,
+  update,
   // further commands register here
 ];
 

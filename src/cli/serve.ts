@@ -6,6 +6,7 @@
 import type { Command } from 'commander';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { CONTENT_TYPE as METRICS_CONTENT_TYPE, createGardefouMetrics } from '../admin/metrics';
 import { AdminServer } from '../admin/server';
 import { Config, loadConfig, validateConfig } from '../config';
 import { parseCidr } from '../config/cidr';
@@ -14,9 +15,10 @@ import { ConfigError, errorMessage } from '../errors';
 import { Identity } from '../identity';
 import { openJournal } from '../journal';
 import { createLogger, Logger } from '../log';
-import { AppliedInfo, currentBundle, UpdateAgent } from '../lists/update';
+import { AppliedInfo, currentBundle, renderUpdateMetrics, UpdateAgent } from '../lists/update';
 import { loadPolicyEngine } from '../policy/engine';
 import type { PolicyEngine } from '../policy/types';
+import type { ProxyObserver } from '../proxy/context';
 import { ProxyServer } from '../proxy/server';
 
 export interface ServeFlags {
@@ -119,7 +121,14 @@ export async function serve(flags: ServeFlags): Promise<void> {
     throw err;
   }
   log.info({ ...policy.describe(), serial: policy.listSerial }, 'lists loaded');
-  const proxy = new ProxyServer({ config: cfg, policy, journal, log, identity: Identity.fromFile(cfg.workstations) });
+  const metrics = createGardefouMetrics();
+  const observer: ProxyObserver = {
+    done(open, close) {
+      metrics.request(close.decision ?? open.decision, open.category, open.profile, close.bytesIn, close.bytesOut);
+      metrics.requestDuration(open.protocol, (close.endMs - open.startMs) / 1000);
+    },
+  };
+  const proxy = new ProxyServer({ config: cfg, policy, journal, log, identity: Identity.fromFile(cfg.workstations), observer });
   const bound = await proxy.listen();
   journal.startPurge();
   // The DASEN channel: a new bundle, once verified and compiled, is swapped in live.
@@ -129,7 +138,25 @@ export async function serve(flags: ServeFlags): Promise<void> {
     log.info({ serial: info.serial, ...next.describe() }, 'bundle applied');
   });
   agent?.start();
-  const admin = cfg.admin.listen === null ? null : new AdminServer({ proxy, journal, log, updateStatus: agent ? () => agent.status() : null });
+  metrics.setSources({
+    tunnelsOpen: () => proxy.tunnelsOpen,
+    journalQueueDepth: () => journal.stats().queueDepth,
+    listSerial: () => (proxy.policy.listSerial === null ? null : Number(proxy.policy.listSerial)),
+    listCreatedMs: () => {
+      const created = agent?.status().running?.created;
+      return created ? Date.parse(created) : null;
+    },
+  });
+  const admin = cfg.admin.listen === null ? null : new AdminServer({
+    proxy,
+    journal,
+    log,
+    updateStatus: agent ? () => agent.status() : null,
+    metrics: {
+      contentType: METRICS_CONTENT_TYPE,
+      render: () => metrics.render() + (agent ? renderUpdateMetrics(agent.status()) : ''),
+    },
+  });
   const adminBound = admin && cfg.admin.listen ? await admin.listen(cfg.admin.listen) : null;
   log.info({ listen: bound.map((b) => `${b.host}:${b.port}`), admin: adminBound }, 'ready');
 
@@ -200,6 +227,7 @@ export async function serve(flags: ServeFlags): Promise<void> {
       await proxy.close();
       journal.stopPurge();
       if (admin) await admin.close();
+      metrics.close();
       await journal.close();
       log.info('stopped');
     } catch (err) {

@@ -6,7 +6,7 @@ import type * as http from 'node:http';
 import type { Config } from '../config';
 import { CidrSet } from '../config/cidr';
 import type { Identity } from '../identity';
-import type { JournalHandle, JournalOpen, JournalWriter } from '../journal/types';
+import type { JournalClose, JournalHandle, JournalOpen, JournalWriter } from '../journal/types';
 import type { Logger } from '../log';
 import type { Client, Decision, PolicyEngine, Target } from '../policy/types';
 import type { BlockPage } from './pages';
@@ -28,6 +28,11 @@ export const Refusal = {
 } as const;
 export type RefusalCode = (typeof Refusal)[keyof typeof Refusal];
 
+/** Told of every request and tunnel once it ends (metrics); must not throw or block. */
+export interface ProxyObserver {
+  done(open: JournalOpen, close: JournalClose): void;
+}
+
 export interface ParentProxy {
   host: string;
   port: number;
@@ -44,6 +49,7 @@ export class ProxyContext {
   /** text shown on the usage page: the first listener */
   publicAddress!: string;
   failOpenWarned = false;
+  observer: ProxyObserver | null = null;
 
   constructor(
     config: Config,
@@ -102,7 +108,16 @@ export class ProxyContext {
    */
   async journalBegin(open: JournalOpen): Promise<JournalHandle | null> {
     try {
-      return await this.journal.begin(open);
+      const handle = await this.journal.begin(open);
+      const observer = this.observer;
+      if (observer === null) return handle;
+      return {
+        connected: (info) => handle.connected(info),
+        finish: (close) => {
+          handle.finish(close);
+          observer.done(open, close);
+        },
+      };
     } catch (err) {
       this.log.error({ ref: open.ref, err: (err as Error).message }, 'journal write failed');
       return null;

@@ -20,6 +20,7 @@ import type { Client, Decision, Target } from '../policy/types';
 import { ProxyContext, Refusal, RefusalCode, openRecord, refusalRecord, remotePort } from './context';
 import { addVia, stripHopByHop } from './headers';
 import { infoPage, usagePage } from './pages';
+import { defaultProxyHostPort, isPacPath, PAC_CONTENT_TYPE, renderPac } from './pac';
 import { newRef } from './ref';
 
 interface Exchange {
@@ -82,6 +83,10 @@ export class HttpHandler {
         infoPage('Accès refusé', "Ce poste n'est pas sur un réseau autorisé à utiliser ce proxy.", 'This computer is not on a network allowed to use this proxy.', ex.ref));
     }
     if (url.charCodeAt(0) === 47 /* '/' */) {
+      if ((method === 'GET' || method === 'HEAD') && isPacPath(url.split('?')[0] ?? '')) {
+        this.servePac(req, res);
+        return;
+      }
       return this.refuse(req, res, ex, 400, Refusal.originForm, '', 0, usagePage(ctx.publicAddress));
     }
     if (!/^http:\/\//i.test(url)) {
@@ -106,6 +111,21 @@ export class HttpHandler {
       if (!res.headersSent) sendPage(res, 502, bad502(ex.ref));
       else res.destroy();
     });
+  }
+
+  /**
+   * proxy.pac / wpad.dat for allowed clients: local networks direct, everything else through
+   * this proxy (announced with the address the client reached us on). Not a connection to a
+   * destination, so not journaled.
+   */
+  private servePac(req: http.IncomingMessage, res: http.ServerResponse): void {
+    const cfg = this.ctx.config;
+    const body = renderPac({
+      clients: cfg.clients,
+      proxyHostPort: defaultProxyHostPort(cfg.listen, { address: req.socket.localAddress, port: req.socket.localPort }),
+    });
+    res.writeHead(200, { 'content-type': PAC_CONTENT_TYPE, 'content-length': Buffer.byteLength(body), 'cache-control': 'max-age=300' });
+    res.end(req.method === 'HEAD' ? undefined : body);
   }
 
   private block(req: http.IncomingMessage, res: http.ServerResponse, ex: Exchange, target: Target, decision: Decision): void {

@@ -11,7 +11,7 @@ import type { Identity } from '../identity';
 import type { JournalWriter } from '../journal/types';
 import type { Logger } from '../log';
 import type { PolicyEngine } from '../policy/types';
-import { ProxyContext, Refusal, refusalRecord } from './context';
+import { ProxyContext, ProxyObserver, Refusal, refusalRecord } from './context';
 import { HttpHandler } from './http-handler';
 import { BlockPage } from './pages';
 import { newRef } from './ref';
@@ -24,6 +24,7 @@ export interface ProxyOptions {
   log: Logger;
   identity: Identity;
   blockPage?: BlockPage;
+  observer?: ProxyObserver | null;
 }
 
 export class ProxyServer {
@@ -38,6 +39,7 @@ export class ProxyServer {
   constructor(opts: ProxyOptions) {
     this.ctx = new ProxyContext(opts.config, opts.policy, opts.journal, opts.log, opts.identity,
       opts.blockPage ?? BlockPage.fromFile(opts.config.blockPage));
+    this.ctx.observer = opts.observer ?? null;
     this.http = new HttpHandler(this.ctx);
     this.tunnels = new TunnelHandler(this.ctx);
   }
@@ -53,6 +55,11 @@ export class ProxyServer {
   /** Swaps the policy engine in force. Requests already decided keep their decision. */
   setPolicy(policy: PolicyEngine): void {
     this.ctx.policy = policy;
+  }
+
+  /** Tunnels open right now (metrics). */
+  get tunnelsOpen(): number {
+    return this.tunnels.open.size;
   }
 
   get policy(): PolicyEngine {

@@ -2,7 +2,7 @@ import * as net from 'node:net';
 import * as vm from 'node:vm';
 import t from 'tap';
 import { DEFAULT_CLIENTS } from '../../src/config';
-import { defaultProxyHostPort, isPacPath, PAC_CONTENT_TYPE, PAC_PATHS, renderPac } from '../../src/admin/pac';
+import { defaultProxyHostPort, isPacPath, PAC_CONTENT_TYPE, PAC_PATHS, renderPac } from '../../src/proxy/pac';
 import { ConfigError } from '../../src/errors';
 
 /**
