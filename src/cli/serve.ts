@@ -15,7 +15,7 @@ import { ConfigError, errorMessage } from '../errors';
 import { Identity } from '../identity';
 import { openJournal } from '../journal';
 import { createLogger, Logger } from '../log';
-import { AppliedInfo, currentBundle, renderUpdateMetrics, UpdateAgent } from '../lists/update';
+import { currentBundle, renderUpdateMetrics, updateAgentFromConfig } from '../lists/update';
 import { loadPolicyEngine } from '../policy/engine';
 import type { PolicyEngine } from '../policy/types';
 import type { ProxyObserver } from '../proxy/context';
@@ -90,20 +90,6 @@ async function loadPolicy(cfg: Config, log: Logger): Promise<PolicyEngine> {
   return loadPolicyEngine({ ...policySources(cfg), log });
 }
 
-function makeUpdateAgent(cfg: Config, log: Logger, onApplied: (info: AppliedInfo) => Promise<void>): UpdateAgent | null {
-  if (cfg.update.feed === null) return null;
-  return new UpdateAgent({
-    feed: cfg.update.feed,
-    trustedKeys: cfg.update.trustedKeys,
-    stateDir: cfg.update.stateDir,
-    intervalSeconds: cfg.update.intervalSeconds,
-    parentProxy: cfg.parentProxy,
-    schoolPolicy: cfg.policy,
-    log,
-    onApplied,
-  });
-}
-
 export async function serve(flags: ServeFlags): Promise<void> {
   let cfg = configFromFlags(flags);
   const log = createLogger(cfg.logLevel);
@@ -132,11 +118,11 @@ export async function serve(flags: ServeFlags): Promise<void> {
   const bound = await proxy.listen();
   journal.startPurge();
   // The DASEN channel: a new bundle, once verified and compiled, is swapped in live.
-  const agent = makeUpdateAgent(cfg, log, async (info) => {
+  const agent = cfg.update.feed === null ? null : updateAgentFromConfig(cfg, cfg.update.feed, log, { onApplied: async (info) => {
     const next = await loadPolicyEngine({ lists: info.listsPath, policy: info.policyPath, listSerial: info.serial, log });
     proxy.setPolicy(next);
     log.info({ serial: info.serial, ...next.describe() }, 'bundle applied');
-  });
+  } });
   agent?.start();
   metrics.setSources({
     tunnelsOpen: () => proxy.tunnelsOpen,

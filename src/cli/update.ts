@@ -10,7 +10,7 @@ import pino from 'pino';
 import { loadConfig } from '../config';
 import { ConfigError, InputError } from '../errors';
 import { createLogger } from '../log';
-import { readStatus, UpdateAgent, UpdateResult, UpdateStatus } from '../lists/update';
+import { readStatus, updateAgentFromConfig, UpdateResult, UpdateStatus } from '../lists/update';
 
 interface Flags {
   config?: string;
@@ -48,15 +48,7 @@ export function register(program: Command): void {
       if (!feed) throw new ConfigError('update: no feed: set update.feed in the config or give --feed URL');
       // --once prints its own result on stdout: its log lines (warnings and worse) go to stderr
       const log = flags.once ? createLogger('warn', pino.destination({ dest: 2, sync: true })) : createLogger(cfg.logLevel);
-      const agent = new UpdateAgent({
-        feed,
-        trustedKeys: cfg.update.trustedKeys,
-        stateDir: cfg.update.stateDir,
-        intervalSeconds: cfg.update.intervalSeconds,
-        parentProxy: cfg.parentProxy,
-        schoolPolicy: cfg.policy,
-        log,
-      });
+      const agent = updateAgentFromConfig(cfg, feed, log);
       if (flags.once) {
         const r = await agent.checkNow();
         log.flush();

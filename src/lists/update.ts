@@ -40,6 +40,7 @@ import { EventEmitter } from 'node:events';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as zlib from 'node:zlib';
+import type { Config } from '../config';
 import { errorMessage } from '../errors';
 import type { Logger } from '../log';
 import { silentLogger } from '../log';
@@ -881,4 +882,18 @@ export async function verifyInstalled(stateDir: string, trustedKeys: readonly st
     problems.push(errorMessage(err));
   }
   return { ok: problems.length === 0, serial: cur.serial, problems };
+}
+
+/** The agent as the configuration describes it (`update.*`, `parentProxy`, `policy`). */
+export function updateAgentFromConfig(cfg: Config, feed: string, log: Logger, extra: Partial<UpdateAgentOptions> = {}): UpdateAgent {
+  return new UpdateAgent({
+    feed,
+    trustedKeys: cfg.update.trustedKeys,
+    stateDir: cfg.update.stateDir,
+    intervalSeconds: cfg.update.intervalSeconds,
+    parentProxy: cfg.parentProxy,
+    schoolPolicy: cfg.policy,
+    log,
+    ...extra,
+  });
 }

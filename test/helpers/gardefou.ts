@@ -2,6 +2,7 @@
  * Starts the real `gardefou serve` as a child process (bin/gardefou) with a config file of the
  * test's own, and collects its JSON log lines.
  */
+import Database from 'better-sqlite3';
 import { ChildProcess, spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
@@ -122,4 +123,25 @@ export async function startGardefou(config: Record<string, unknown>, dir: string
       return code;
     },
   };
+}
+
+/** Every record of a journal file, read the way an operator's SQLite client would. */
+export function journalRows(file: string): Array<Record<string, unknown>> {
+  const db = new Database(file, { readonly: true, fileMustExist: true });
+  try {
+    return db.prepare('SELECT * FROM records ORDER BY id').all() as Array<Record<string, unknown>>;
+  } finally {
+    db.close();
+  }
+}
+
+/** Polls `fn` until it returns a value (bounded): records are committed asynchronously. */
+export async function waitFor<T>(fn: () => T | undefined, what: string, timeoutMs = 5000): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const v = fn();
+    if (v !== undefined) return v;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
 }

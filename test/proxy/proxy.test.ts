@@ -2,7 +2,6 @@
  * The forward proxy end to end: the real `gardefou serve` process, a real HTTP origin and a
  * real TLS origin on loopback, the fixture lists in test/fixtures/proxy-lists, a real journal.
  */
-import Database from 'better-sqlite3';
 import * as fs from 'node:fs';
 import * as http from 'node:http';
 import * as path from 'node:path';
@@ -11,34 +10,13 @@ import {
   connectVia, makeCert, Origin, rawExchange, sha256OfPattern, startOrigin, startTlsOrigin, streamPattern,
   tlsGetOverSocket, viaProxy,
 } from '../helpers/net';
-import { FIXTURES, Running, startGardefou, tempDir, testConfig, writeHosts } from '../helpers/gardefou';
+import { FIXTURES, journalRows, Running, startGardefou, tempDir, testConfig, waitFor, writeHosts } from '../helpers/gardefou';
 
 const NAMES = ['allowed.test', 'blocked.test', 'www.blocked.test', 'a.b.blocked.test', 'xblocked.test',
   'blocked.test.example', 'mixed.test', 'bank.test', 'casino.test', 'tls.test', 'tls-blocked.test', 'img.blocked-two.test'];
 /** A path that must never appear in any log or in the journal file. */
 const CANARY = '/canary-path-7f3a/secret';
 const CANARY_QUERY = 'q=canary-query-91bd';
-
-interface Row { [k: string]: unknown }
-
-function journalRows(file: string): Row[] {
-  const db = new Database(file, { readonly: true, fileMustExist: true });
-  try {
-    return db.prepare('SELECT * FROM records ORDER BY id').all() as Row[];
-  } finally {
-    db.close();
-  }
-}
-
-async function waitFor<T>(fn: () => T | undefined, what: string, timeoutMs = 5000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = fn();
-    if (v !== undefined) return v;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
 
 let origin: Origin;
 let tlsOrigin: Origin;
