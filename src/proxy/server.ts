@@ -15,7 +15,7 @@ import { ProxyContext, ProxyObserver, Refusal, refusalRecord } from './context';
 import { HttpHandler } from './http-handler';
 import { BlockPage } from './pages';
 import { newRef } from './ref';
-import { TunnelHandler, writeResponse } from './tunnel';
+import { endThenDestroy, TunnelHandler, writeResponse } from './tunnel';
 
 export interface ProxyOptions {
   config: Config;
@@ -95,12 +95,25 @@ export class ProxyServer {
       keepAliveTimeout: Math.min(limits.idleTimeoutMs, 60_000),
       connectionsCheckingInterval: Math.min(1000, limits.headerTimeoutMs),
     });
-    server.timeout = limits.idleTimeoutMs;
+    // No blanket socket timeout: it would cut a request whose origin is merely slow before the
+    // upstream timeout can answer 502. Idleness is bounded where it happens: headersTimeout
+    // (slow headers), keepAliveTimeout (between requests), the upstream timeout (stalled origin
+    // or a client that stops reading), the tunnel timeouts (idle tunnels).
+    server.timeout = 0;
+    // keep every header (none silently dropped before forwarding); their total size is bounded
+    // in the request handler, since the parser's own limit does not count many small headers
+    server.maxHeadersCount = 0;
     server.on('connection', (socket: net.Socket) => this.onConnection(socket));
     server.on('request', (req: http.IncomingMessage, res: http.ServerResponse) => {
       if (this.stopping) res.shouldKeepAlive = false;
       this.inFlight++;
       res.once('close', () => { this.inFlight--; });
+      if (headerBytes(req) > limits.maxHeaderBytes) {
+        this.recordRefusal(req.socket, req.method ?? '', Refusal.badRequest);
+        res.shouldKeepAlive = false;
+        res.writeHead(431, { 'content-length': 0, connection: 'close' }).end();
+        return;
+      }
       this.http.handle(req, res);
     });
     server.on('connect', (req: http.IncomingMessage, socket: net.Socket, head: Buffer) => this.tunnels.handle(req, socket, head));
@@ -142,7 +155,7 @@ export class ProxyServer {
     const phrase = status === 431 ? 'Request Header Fields Too Large' : status === 408 ? 'Request Timeout' : 'Bad Request';
     this.recordRefusal(socket, '', Refusal.badRequest);
     this.ctx.log.info({ client: plainAddress(socket.remoteAddress ?? ''), reason: Refusal.badRequest, code: err.code, status }, 'malformed request');
-    socket.end(`HTTP/1.1 ${status} ${phrase}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n`);
+    endThenDestroy(socket, `HTTP/1.1 ${status} ${phrase}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n`);
   }
 
   private recordRefusal(socket: net.Socket, method: string, reason: typeof Refusal[keyof typeof Refusal]): void {
@@ -170,4 +183,12 @@ export class ProxyServer {
     await closed;
     this.http.close();
   }
+}
+
+/** Size of the request line and headers as received (separators counted as on the wire). */
+function headerBytes(req: http.IncomingMessage): number {
+  const raw = req.rawHeaders;
+  let n = (req.method?.length ?? 0) + (req.url?.length ?? 0) + 12;
+  for (let i = 0; i < raw.length; i++) n += (raw[i] as string).length + 2;
+  return n;
 }

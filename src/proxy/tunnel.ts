@@ -197,6 +197,16 @@ function readParentAnswer(upstream: net.Socket, done: (code: number, rest: Buffe
   upstream.on('data', onData);
 }
 
+/**
+ * Ends a connection we refused, then destroys it shortly after: long enough for the client to
+ * read the answer (an immediate destroy could reset it away), short enough that a client which
+ * keeps sending (slowloris) cannot hold a half-open socket.
+ */
+export function endThenDestroy(socket: net.Socket, data: string | Buffer, graceMs = 1000): void {
+  socket.end(data);
+  setTimeout(() => socket.destroy(), graceMs).unref();
+}
+
 export function writeResponse(socket: net.Socket, status: number, html: string): void {
   if (socket.destroyed) return;
   const body = Buffer.from(html, 'utf8');
@@ -207,5 +217,5 @@ export function writeResponse(socket: net.Socket, status: number, html: string):
       'Cache-Control: no-store\r\nVia: 1.1 gardefou\r\nConnection: close\r\n\r\n',
     'latin1',
   );
-  socket.end(Buffer.concat([header, body]));
+  endThenDestroy(socket, Buffer.concat([header, body]));
 }
