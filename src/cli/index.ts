@@ -5,6 +5,7 @@
  */
 import { Command, CommanderError } from 'commander';
 import { GardefouError, errorMessage } from '../errors';
+import * as ca from './ca';
 import * as check from './check';
 import * as dasen from './dasen';
 import * as journal from './journal';
@@ -19,6 +20,7 @@ const COMMANDS: Array<{ register(program: Command): void }> = [
   lists,
   dasen,
   update,
+  ca,
   // further commands register here
 ];
 

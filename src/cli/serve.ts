@@ -10,7 +10,7 @@ import { CONTENT_TYPE as METRICS_CONTENT_TYPE, createGardefouMetrics } from '../
 import { AdminServer } from '../admin/server';
 import { Config, loadConfig, validateConfig } from '../config';
 import { parseCidr } from '../config/cidr';
-import { parseHostPort } from '../config/hostport';
+import { formatHostPort, parseHostPort } from '../config/hostport';
 import { ConfigError, errorMessage } from '../errors';
 import { Identity } from '../identity';
 import { openJournal } from '../journal';
@@ -144,7 +144,11 @@ export async function serve(flags: ServeFlags): Promise<void> {
     },
   });
   const adminBound = admin && cfg.admin.listen ? await admin.listen(cfg.admin.listen) : null;
-  log.info({ listen: bound.map((b) => `${b.host}:${b.port}`), admin: adminBound }, 'ready');
+  log.info({
+    listen: bound.map((b) => formatHostPort(b.host, b.port)),
+    transparent: proxy.transparentAddresses.map((a) => `${a.kind} ${formatHostPort(a.host, a.port)}`),
+    admin: adminBound,
+  }, 'ready');
 
   // One reload at a time; a signal arriving during a reload queues exactly one more.
   let reloading: Promise<void> | null = null;

@@ -49,6 +49,10 @@ export interface Config {
   policy: string;
   blockPage: string;
   workstations: string | null;
+  /** map of search/video hosts to their enforced-safe endpoints, used by profiles with safeSearch */
+  safeSearch: string;
+  /** listeners for traffic the firewall redirects (transparent mode): port-80 HTTP and port-443 TLS */
+  transparent: { http: string[]; tls: string[] };
   logLevel: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
   journal: JournalConfig;
   admin: { listen: string | null };
@@ -80,6 +84,8 @@ export function defaultConfig(): Config {
     policy: rules('policy.json'),
     blockPage: rules('block-page.html'),
     workstations: null,
+    safeSearch: rules('safesearch.json'),
+    transparent: { http: [], tls: [] },
     logLevel: 'info',
     journal: {
       path: cwd('var/journal.db'),
@@ -146,6 +152,14 @@ export function applyConfig(base: Config, json: Json, baseDir: string, origin: s
       case 'policy': cfg.policy = v.path(value, key); break;
       case 'blockPage': cfg.blockPage = v.path(value, key); break;
       case 'workstations': cfg.workstations = value === null ? null : v.path(value, key); break;
+      case 'safeSearch': cfg.safeSearch = v.path(value, key); break;
+      case 'transparent': {
+        for (const [k, x] of Object.entries(v.object(value, key))) {
+          if (k === 'http' || k === 'tls') cfg.transparent[k] = v.list(x, `transparent.${k}`, (y, k2) => v.hostPort(y, k2));
+          else v.unknown(`transparent.${k}`);
+        }
+        break;
+      }
       case 'logLevel': cfg.logLevel = v.oneOf(value, key, ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const); break;
       case 'journal': {
         for (const [k, x] of Object.entries(v.object(value, key))) {

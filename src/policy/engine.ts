@@ -40,7 +40,7 @@ import { EntrySet } from './entries';
 import type { CategoryMeta } from './index-format';
 import { CompiledExpression, ListIndex } from './list-index';
 import { isNormalisedHost } from './normalise';
-import { PolicySpec, ProfileSpec, readPolicyFile } from './policy-file';
+import { PolicySpec, ProfileSpec, readPolicyFile, SafeSearchMode } from './policy-file';
 import { LocalClock, Schedule } from './schedule';
 import { Client, Decision, Layer, PolicyEngine, Reason, ReasonCode, Target } from './types';
 
@@ -326,6 +326,11 @@ export class Engine implements PolicyEngine {
     const subject = target.kind === 'http' ? target.host + target.path : target.host;
     for (const g of this.exprGroups.values()) if (g.combined.test(subject)) out.add(idx.categories[g.category]!.name);
     return [...out].sort();
+  }
+
+  /** SafeSearch mode of a profile (policy key `profiles.NAME.safeSearch`), or null. */
+  safeSearch(profile: string): SafeSearchMode | null {
+    return this.profiles.get(profile)?.spec.safeSearch ?? null;
   }
 
   profileNames(): string[] {

@@ -29,7 +29,11 @@ export interface ProfileSpec {
   schedule: string | null;
   /** outside the schedule: 'block-all', or the name of the profile that applies */
   outside: string | null;
+  /** search engines and video sites forced to their safe endpoints (rules/safesearch.json) */
+  safeSearch: SafeSearchMode | null;
 }
+
+export type SafeSearchMode = 'strict' | 'moderate';
 
 export interface PolicySpec {
   file: string;
@@ -53,6 +57,11 @@ type Json = null | boolean | number | string | Json[] | { [k: string]: Json };
 
 const CATEGORY_RE = /^[a-z0-9][a-z0-9_. -]{0,63}$/i;
 const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/;
+
+function safeSearchMode(v: V, x: Json, key: string): SafeSearchMode {
+  if (x !== 'strict' && x !== 'moderate') v.fail(key, `expected "strict", "moderate" or null, got ${v.got(x)}`);
+  return x;
+}
 
 class V {
   constructor(readonly file: string) {}
@@ -119,7 +128,7 @@ export function readPolicyFile(file: string): PolicySpec {
 }
 
 const TOP_KEYS = ['$comment', 'version', 'timezone', 'schedules', 'dasen', 'local', 'localFile', 'profiles', 'clients', 'defaultProfile'] as const;
-const PROFILE_KEYS = ['$comment', 'description', 'block', 'blockBlackUsage', 'allowCategories', 'whitelistOnly', 'allow', 'deny', 'schedule', 'outside'] as const;
+const PROFILE_KEYS = ['$comment', 'description', 'block', 'blockBlackUsage', 'allowCategories', 'whitelistOnly', 'allow', 'deny', 'schedule', 'outside', 'safeSearch'] as const;
 
 export function parsePolicy(json: Json, file: string): PolicySpec {
   const v: V = new V(file);
@@ -208,6 +217,7 @@ export function parsePolicy(json: Json, file: string): PolicySpec {
         deny: o['deny'] === undefined ? [] : v.list(o['deny'], `${key}.deny`, (x, k) => v.entry(x, k)),
         schedule: o['schedule'] === undefined ? null : v.string(o['schedule'], `${key}.schedule`),
         outside: o['outside'] === undefined ? null : v.string(o['outside'], `${key}.outside`),
+        safeSearch: o['safeSearch'] === undefined || o['safeSearch'] === null ? null : safeSearchMode(v, o['safeSearch'], `${key}.safeSearch`),
       };
       if (p.schedule !== null && !schedules.has(p.schedule)) v.fail(`${key}.schedule`, `no schedule named ${v.got(p.schedule)} in "schedules"`);
       if (p.schedule !== null && p.outside === null) v.fail(`${key}.outside`, 'a profile with a schedule needs "outside": "block-all" or a profile name');
@@ -218,7 +228,7 @@ export function parsePolicy(json: Json, file: string): PolicySpec {
   if (profiles.size === 0) {
     profiles.set('default', {
       name: 'default', description: 'every category whose usage is black only', block: [], blockBlackUsage: true,
-      allowCategories: [], whitelistOnly: false, allow: [], deny: [], schedule: null, outside: null,
+      allowCategories: [], whitelistOnly: false, allow: [], deny: [], schedule: null, outside: null, safeSearch: null,
     });
   }
   for (const p of profiles.values()) {

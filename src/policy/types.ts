@@ -71,6 +71,8 @@ export interface PolicyEngine {
   decide(target: Target, client: Client, at?: Date): Decision;
   /** Serial of the lists in force, for the journal and status. */
   readonly listSerial: string | null;
+  /** SafeSearch mode of a profile: its search and video sites go to their safe endpoints. */
+  safeSearch(profile: string): 'strict' | 'moderate' | null;
   /** Human description of what is loaded, for logs and `lists info`. */
   describe(): { categories: number; domains: number; urls: number; expressions: number; source: string };
 }

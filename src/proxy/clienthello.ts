@@ -150,13 +150,15 @@ function reassemble(data: Uint8Array, maxBytes: number): ClientHelloResult {
     for (let i = 0; i < avail && have + i < 4; i++) hdr[have + i] = data[start + i] as number;
     if (need < 0 && have + avail >= 4) {
       need = 4 + (((hdr[1] as number) << 16) | ((hdr[2] as number) << 8) | (hdr[3] as number));
-      // record headers are counted in the cap too: a hello in many tiny records is refused
-      if (need > maxBytes) return TOO_LARGE;
     }
+    // Raw bytes needed are at least: up to here + what the message still lacks. Record
+    // headers count, so a hello in many tiny records is refused too. Only bytes already
+    // received are used, so the answer never changes when more arrive.
+    if (need >= 0 && start + (need - have) > maxBytes) return TOO_LARGE;
     if (avail < len) {
       // this record is not complete yet; it may already hold everything we need
       if (need >= 0 && have + avail >= need) break;
-      return start + len > maxBytes ? TOO_LARGE : TRUNCATED;
+      return TRUNCATED;
     }
     have += len;
     pos = start + len;

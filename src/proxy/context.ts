@@ -11,6 +11,7 @@ import type { Logger } from '../log';
 import type { Client, Decision, PolicyEngine, Target } from '../policy/types';
 import type { BlockPage } from './pages';
 import { DestinationGuard, Resolver, readHostsFile } from './destination';
+import { loadSafeSearch, SafeSearch } from './safesearch';
 
 /** Refusal codes of the proxy itself (the policy has its own, see policy/types.ts Reason). */
 export const Refusal = {
@@ -46,6 +47,7 @@ export class ProxyContext {
   resolver!: Resolver;
   parent!: ParentProxy | null;
   blockPage!: BlockPage;
+  safeSearch!: SafeSearch;
   /** text shown on the usage page: the first listener */
   publicAddress!: string;
   failOpenWarned = false;
@@ -73,13 +75,25 @@ export class ProxyContext {
       new DestinationGuard(config.allowDestinations),
       config.hosts === null ? null : readHostsFile(config.hosts),
     );
+    const safeSearch = loadSafeSearch(config.safeSearch);
     this.config = config;
+    this.safeSearch = safeSearch;
     this.clients = clients;
     this.connectPorts = new Set(config.connectPorts);
     this.resolver = resolver;
     this.parent = config.parentProxy === null ? null : parseParent(config.parentProxy);
     this.publicAddress = config.listen[0] ?? '127.0.0.1:3128';
     this.blockPage = blockPage;
+  }
+
+  /**
+   * The host to connect to instead of `target.host` when the client's profile enforces
+   * SafeSearch and the host is a search or video site (rules/safesearch.json), else null. The
+   * client keeps asking for the original name, so its certificate stays valid.
+   */
+  substituteHost(target: Target, decision: Decision): string | null {
+    const mode = this.policy.safeSearch(decision.profile);
+    return mode === null ? null : this.safeSearch.substitute(target.host, mode);
   }
 
   identify(ip: string): Client {
@@ -125,6 +139,9 @@ export class ProxyContext {
   }
 }
 
+/** Journal reason of an allowed connection sent to a SafeSearch endpoint instead of the host asked. */
+export const SUBSTITUTED_REASON = 'safesearch';
+
 /** Fills a journal record for a decision (allowed or blocked by policy). */
 export function openRecord(
   ref: string,
@@ -164,7 +181,7 @@ export function refusalRecord(
   method: string,
   destHost: string,
   destPort: number,
-  reason: RefusalCode,
+  reason: RefusalCode | string,
   listSerial: string | null,
 ): JournalOpen {
   return {

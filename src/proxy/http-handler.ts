@@ -17,7 +17,7 @@ import { plainAddress } from '../config/cidr';
 import type { JournalClose, JournalHandle } from '../journal/types';
 import { parseAbsoluteUrl } from '../policy/normalise';
 import type { Client, Decision, Target } from '../policy/types';
-import { ProxyContext, Refusal, RefusalCode, openRecord, refusalRecord, remotePort } from './context';
+import { ProxyContext, Refusal, RefusalCode, openRecord, refusalRecord, remotePort, SUBSTITUTED_REASON } from './context';
 import { addVia, stripHopByHop } from './headers';
 import { infoPage, usagePage } from './pages';
 import { defaultProxyHostPort, isPacPath, PAC_CONTENT_TYPE, renderPac } from './pac';
@@ -150,11 +150,14 @@ export class HttpHandler {
     const ctx = this.ctx;
     let upstreamHost: string;
     let upstreamPort: number;
+    let substitute: string | null = null;
     if (ctx.parent) {
       upstreamHost = ctx.parent.host;
       upstreamPort = ctx.parent.port;
     } else {
-      const r = await ctx.resolver.resolve(target.host);
+      // (through a parent proxy the URI names the host, so no substitution is possible there)
+      substitute = ctx.substituteHost(target, decision);
+      const r = await ctx.resolver.resolve(substitute ?? target.host);
       if (!r.ok) {
         const status = r.reason === 'dns-failure' ? 502 : 403;
         const page = r.reason === 'dns-failure'
@@ -167,7 +170,12 @@ export class HttpHandler {
       ex.destIp = r.address;
     }
     // The record (intent) must be durable before anything leaves towards the destination.
-    const handle = await ctx.journalBegin(openRecord(ex.ref, ex.startMs, ex.client, ex.clientPort, target, req.method ?? 'GET', decision));
+    const open = openRecord(ex.ref, ex.startMs, ex.client, ex.clientPort, target, req.method ?? 'GET', decision);
+    if (substitute !== null) {
+      open.reason = SUBSTITUTED_REASON;
+      ctx.log.info({ ref: ex.ref, client: ex.client.ip, host: target.host, upstream: substitute }, 'safesearch substitution');
+    }
+    const handle = await ctx.journalBegin(open);
     if (handle === null && !ctx.config.journal.failOpen) {
       return this.refuse(req, res, ex, 503, Refusal.journalDown, target.host, target.port, journalDownPage(ex.ref));
     }

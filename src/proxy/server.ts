@@ -4,6 +4,7 @@
  */
 import * as http from 'node:http';
 import type * as net from 'node:net';
+import { TransparentTlsHandler, transparentHttpServer } from './transparent';
 import type { Config } from '../config';
 import { plainAddress } from '../config/cidr';
 import { parseHostPort } from '../config/hostport';
@@ -31,7 +32,9 @@ export class ProxyServer {
   readonly ctx: ProxyContext;
   private readonly http: HttpHandler;
   private readonly tunnels: TunnelHandler;
-  private readonly servers: http.Server[] = [];
+  private readonly servers: net.Server[] = [];
+  private tls: TransparentTlsHandler | null = null;
+  readonly transparentAddresses: Array<{ kind: 'http' | 'tls'; host: string; port: number }> = [];
   private readonly perClient = new Map<string, number>();
   private inFlight = 0;
   private stopping = false;
@@ -59,31 +62,46 @@ export class ProxyServer {
 
   /** Tunnels open right now (metrics). */
   get tunnelsOpen(): number {
-    return this.tunnels.open.size;
+    return this.tunnels.open.size + (this.tls?.open.size ?? 0);
   }
 
   get policy(): PolicyEngine {
     return this.ctx.policy;
   }
 
-  /** Opens every configured listener; resolves with the bound addresses (port 0 resolved). */
+  /**
+   * Opens every configured listener: the proxy's, then the transparent ones (port-80 HTTP decided
+   * on the Host header, port-443 TLS decided on the SNI). Resolves with the proxy's bound
+   * addresses (port 0 resolved); the transparent ones are in `transparentAddresses`.
+   */
   async listen(): Promise<Array<{ host: string; port: number }>> {
+    const cfg = this.ctx.config;
     const bound: Array<{ host: string; port: number }> = [];
-    for (const spec of this.ctx.config.listen) {
-      const { host, port } = parseHostPort(spec);
-      const server = this.createServer();
-      await new Promise<void>((resolve, reject) => {
-        server.once('error', reject);
-        server.listen({ host, port, exclusive: true }, () => {
-          server.off('error', reject);
-          resolve();
-        });
-      });
-      const a = server.address() as net.AddressInfo;
-      bound.push({ host: a.address, port: a.port });
-      this.servers.push(server);
+    for (const spec of cfg.listen) bound.push(await this.bind(this.createServer(), spec));
+    for (const spec of cfg.transparent.http) {
+      this.transparentAddresses.push({ kind: 'http', ...(await this.bind(transparentHttpServer(this.ctx, this.http), spec)) });
+    }
+    if (cfg.transparent.tls.length > 0) {
+      this.tls = new TransparentTlsHandler(this.ctx);
+      for (const spec of cfg.transparent.tls) {
+        this.transparentAddresses.push({ kind: 'tls', ...(await this.bind(this.tls.createServer(), spec)) });
+      }
     }
     return bound;
+  }
+
+  private async bind(server: net.Server, spec: string): Promise<{ host: string; port: number }> {
+    const { host, port } = parseHostPort(spec);
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen({ host, port, exclusive: true }, () => {
+        server.off('error', reject);
+        resolve();
+      });
+    });
+    this.servers.push(server);
+    const a = server.address() as net.AddressInfo;
+    return { host: a.address, port: a.port };
   }
 
   private createServer(): http.Server {
@@ -172,14 +190,17 @@ export class ProxyServer {
   async close(graceMs = this.ctx.config.limits.shutdownGraceMs): Promise<void> {
     this.stopping = true;
     const closed = Promise.all(this.servers.map((s) => new Promise<void>((resolve) => s.close(() => resolve()))));
-    for (const s of this.servers) s.closeIdleConnections();
+    const httpServers = this.servers.filter((s): s is http.Server => s instanceof http.Server);
+    const tunnelsOpen = () => this.tunnels.open.size + (this.tls?.open.size ?? 0);
+    for (const s of httpServers) s.closeIdleConnections();
     const deadline = Date.now() + graceMs;
-    while ((this.inFlight > 0 || this.tunnels.open.size > 0) && Date.now() < deadline) {
+    while ((this.inFlight > 0 || tunnelsOpen() > 0) && Date.now() < deadline) {
       await new Promise((r) => setTimeout(r, 25));
-      for (const s of this.servers) s.closeIdleConnections();
+      for (const s of httpServers) s.closeIdleConnections();
     }
-    for (const s of this.servers) s.closeAllConnections();
+    for (const s of httpServers) s.closeAllConnections();
     for (const t of this.tunnels.open) t.destroy();
+    for (const t of this.tls?.open ?? []) t.destroy();
     await closed;
     this.http.close();
   }

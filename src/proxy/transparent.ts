@@ -42,7 +42,8 @@ import type { JournalHandle, JournalOpen } from '../journal/types';
 import { normaliseHost } from '../policy/normalise';
 import type { Client, Decision, Target } from '../policy/types';
 import { MAX_CLIENT_HELLO_BYTES, parseClientHello, type ClientHelloResult } from './clienthello';
-import { ProxyContext, Refusal, openRecord, refusalRecord } from './context';
+import { ProxyContext, Refusal, openRecord, refusalRecord, SUBSTITUTED_REASON } from './context';
+import { readParentAnswer } from './tunnel';
 import { sendPage } from './http-handler';
 import { infoPage } from './pages';
 import { newRef } from './ref';
@@ -58,8 +59,6 @@ export const TransparentRefusal = {
   missingHost: 'missing-host',
 } as const;
 
-/** Journal reason of an allowed connection whose upstream host was substituted (SafeSearch). */
-export const SUBSTITUTED_REASON = 'safesearch';
 
 /** TLS record: alert, version 3.3, length 2, fatal (2), access_denied (49). */
 const ALERT_ACCESS_DENIED = Buffer.from([21, 3, 3, 0, 2, 2, 49]);
@@ -90,7 +89,7 @@ export function transparentHttpServer(
     keepAliveTimeout: Math.min(limits.idleTimeoutMs, 60_000),
     connectionsCheckingInterval: Math.min(1000, limits.headerTimeoutMs),
   });
-  server.timeout = limits.idleTimeoutMs;
+  server.timeout = 0; // as in server.ts: idleness is bounded where it happens
   const perClient = new PerClientLimit(limits.maxConnectionsPerClient);
   server.on('connection', (socket: net.Socket) => {
     if (!perClient.admit(socket)) {
@@ -106,6 +105,7 @@ export function transparentHttpServer(
       const open = refusalRecord(ref, startMs, client, req.socket.remotePort ?? 0, 'http', req.method ?? 'GET', '', 0, Refusal.badRequest, ctx.policy.listSerial);
       open.reason = code;
       void ctx.journalBegin(open).then((h) => h?.finish({ endMs: Date.now(), destIp: null, egressIp: null, egressPort: null, status, bytesIn: 0, bytesOut: 0 }));
+      res.shouldKeepAlive = false; // a client that sends this once will again: start afresh
       sendPage(res, status, infoPage(title, fr, en, ref));
       ctx.log.info({ ref, client: client.ip, reason: code, status, transparent: 'http' }, 'refused');
     };
@@ -296,7 +296,7 @@ export class TransparentTlsHandler {
       this.refuse(socket, c, Refusal.journalDown, target.host);
       return;
     }
-    const substitute = this.opts.substitute?.(target, c.client, decision) ?? null;
+    const substitute = this.opts.substitute ? this.opts.substitute(target, c.client, decision) : ctx.substituteHost(target, decision);
     const connectHost = substitute ?? target.host;
     let destIp: string | null = null;
     if (ctx.parent === null) {
@@ -387,7 +387,7 @@ export class TransparentTlsHandler {
       }
       const auth = connectHost.includes(':') ? `[${connectHost}]:${port}` : `${connectHost}:${port}`;
       upstream.write(`CONNECT ${auth} HTTP/1.1\r\nHost: ${auth}\r\nVia: 1.1 gardefou\r\n\r\n`);
-      readConnectAnswer(upstream, (code, rest) => {
+      readParentAnswer(upstream, (code, rest) => {
         if (code !== 200) {
           failure = `parent-${code}`;
           finish();
@@ -453,26 +453,6 @@ function pipeBoth(client: net.Socket, upstream: net.Socket, hello: Buffer): void
   client.pipe(upstream);
   upstream.pipe(client);
   client.resume();
-}
-
-const MAX_PARENT_HEADER = 16384;
-
-/** Reads the parent proxy's answer to our CONNECT: status code, and any bytes after it. */
-function readConnectAnswer(upstream: net.Socket, done: (code: number, rest: Buffer) => void): void {
-  let buf = Buffer.alloc(0);
-  const onData = (chunk: Buffer) => {
-    buf = Buffer.concat([buf, chunk]);
-    const end = buf.indexOf('\r\n\r\n');
-    if (end < 0) {
-      if (buf.length > MAX_PARENT_HEADER) { upstream.off('data', onData); done(0, Buffer.alloc(0)); }
-      return;
-    }
-    upstream.off('data', onData);
-    upstream.pause();
-    const m = /^HTTP\/1\.[01] (\d{3})/.exec(buf.subarray(0, end).toString('latin1'));
-    done(m ? Number(m[1]) : 0, buf.subarray(end + 4));
-  };
-  upstream.on('data', onData);
 }
 
 async function defaultLookupAll(host: string): Promise<string[]> {

@@ -15,7 +15,7 @@ import { plainAddress } from '../config/cidr';
 import type { JournalHandle } from '../journal/types';
 import { parseConnectAuthority } from '../policy/normalise';
 import type { Client, Decision, Target } from '../policy/types';
-import { ProxyContext, Refusal, RefusalCode, openRecord, refusalRecord } from './context';
+import { ProxyContext, Refusal, RefusalCode, openRecord, refusalRecord, SUBSTITUTED_REASON } from './context';
 import { forbiddenPage, journalDownPage } from './http-handler';
 import { infoPage } from './pages';
 import { newRef } from './ref';
@@ -85,8 +85,10 @@ export class TunnelHandler {
     const ctx = this.ctx;
     const { ref, target } = t;
     let destIp: string | null = null;
+    const substitute = ctx.substituteHost(target, t.decision);
+    const connectHost = substitute ?? target.host;
     if (ctx.parent === null) {
-      const r = await ctx.resolver.resolve(target.host);
+      const r = await ctx.resolver.resolve(connectHost);
       if (!r.ok) {
         return r.reason === 'dns-failure'
           ? refuse(502, Refusal.dnsFailure, target.host, target.port, infoPage('Site introuvable', "Ce nom n'existe pas ou ne répond pas.", 'The name does not resolve.', ref))
@@ -94,7 +96,12 @@ export class TunnelHandler {
       }
       destIp = r.address;
     }
-    const handle = await ctx.journalBegin(openRecord(ref, t.startMs, t.client, t.clientPort, target, 'CONNECT', t.decision));
+    const open = openRecord(ref, t.startMs, t.client, t.clientPort, target, 'CONNECT', t.decision);
+    if (substitute !== null) {
+      open.reason = SUBSTITUTED_REASON;
+      ctx.log.info({ ref, client: t.client.ip, host: target.host, upstream: substitute }, 'safesearch substitution');
+    }
+    const handle = await ctx.journalBegin(open);
     if (handle === null && !ctx.config.journal.failOpen) {
       return refuse(503, Refusal.journalDown, target.host, target.port, journalDownPage(ref));
     }
@@ -151,7 +158,7 @@ export class TunnelHandler {
         splice(clientSocket, upstream, head);
       } else {
         handle?.connected({ destIp: null, egressIp, egressPort });
-        const auth = target.host.includes(':') ? `[${target.host}]:${target.port}` : `${target.host}:${target.port}`;
+        const auth = connectHost.includes(':') ? `[${connectHost}]:${target.port}` : `${connectHost}:${target.port}`;
         upstream.write(`CONNECT ${auth} HTTP/1.1\r\nHost: ${auth}\r\nVia: 1.1 gardefou\r\n\r\n`);
         readParentAnswer(upstream, (code, rest) => {
           if (code !== 200) {
@@ -180,7 +187,7 @@ function splice(client: net.Socket, upstream: net.Socket, head: Buffer): void {
 const MAX_PARENT_HEADER = 16384;
 
 /** Reads the parent proxy's answer to our CONNECT: status code, and any bytes after it. */
-function readParentAnswer(upstream: net.Socket, done: (code: number, rest: Buffer) => void): void {
+export function readParentAnswer(upstream: net.Socket, done: (code: number, rest: Buffer) => void): void {
   let buf = Buffer.alloc(0);
   const onData = (chunk: Buffer) => {
     buf = Buffer.concat([buf, chunk]);

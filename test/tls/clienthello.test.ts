@@ -122,11 +122,15 @@ t.test('a non-handshake record inside a split hello is refused', async (t) => {
 });
 
 t.test('a hello in 1-byte records is over the cap (record headers count)', async (t) => {
-  const framed = reframe(captured[5]!.bytes, [1]);
+  const padded = buildHello([sniExt('a.test'), ext(21, Buffer.alloc(3000))]);
+  t.match(parseClientHello(padded), { ok: true, sni: 'a.test' }, 'in one record it is fine');
+  const framed = reframe(padded, [1]);
   t.ok(framed.length > MAX_CLIENT_HELLO_BYTES, `framed size ${framed.length}`);
   t.match(parseClientHello(framed), { ok: false, error: 'too-large' });
-  // and the same hello in 1-byte records fits under a larger cap
-  t.match(parseClientHello(framed, framed.length), { ok: true });
+  t.match(parseClientHello(framed.subarray(0, MAX_CLIENT_HELLO_BYTES + 1)), { ok: false, error: 'too-large' }, 'known before the cap is passed by much');
+  // the cap is a parameter: exactly the framed size passes, one byte less does not
+  t.match(parseClientHello(framed, framed.length), { ok: true, sni: 'a.test' });
+  t.match(parseClientHello(framed, framed.length - 1), { ok: false, error: 'too-large' });
 });
 
 /**
