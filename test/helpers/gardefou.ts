@@ -102,7 +102,13 @@ export async function startGardefou(config: Record<string, unknown>, dir: string
     });
   };
 
-  const ready = await waitForLog((l) => l['msg'] === 'ready');
+  let ready: Record<string, unknown>;
+  try {
+    ready = await waitForLog((l) => l['msg'] === 'ready');
+  } catch (err) {
+    proc.kill('SIGKILL'); // never leave a half-started proxy behind
+    throw err;
+  }
   const listen = (ready['listen'] as string[])[0] ?? '';
   const port = Number(listen.slice(listen.lastIndexOf(':') + 1));
   const journalPath = String((config['journal'] as { path: string }).path);
