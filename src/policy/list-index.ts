@@ -40,6 +40,13 @@ export class ListIndex {
   private readonly ucap: number;
   private readonly filter: Uint32Array;
   private readonly filterBits: number;
+  /**
+   * Presence filter of the url-entry hosts alone, built at load from the url table (a few
+   * hundred KB, stays in cache): a domain hit then costs one random read of the big domain
+   * table, not a second one in the url table. Bit = hi & (urlFilterBits - 1).
+   */
+  private readonly urlFilter: Uint32Array;
+  private readonly urlFilterMask: number;
 
   // results of the last collect(): reused, never reallocated
   readonly hitStart = new Int32Array(MAX_HITS);
@@ -64,6 +71,17 @@ export class ListIndex {
     this.ucap = header.urls.capacity;
     this.filter = sections.filter;
     this.filterBits = header.filterBits;
+    // about 16 bits per url host, a power of two so the bit is a mask (no division)
+    let ubits = 1024;
+    while (ubits < header.urls.capacity * 16 && ubits < 1 << 26) ubits *= 2;
+    this.urlFilter = new Uint32Array(ubits >>> 5);
+    this.urlFilterMask = ubits - 1;
+    const ukeys = sections.ukeys;
+    for (let i = 0; i < this.ucap; i++) {
+      if (ukeys[2 * i] === 0) continue;
+      const bit = ukeys[2 * i + 1]! & this.urlFilterMask;
+      this.urlFilter[bit >>> 5]! |= 1 << (bit & 31);
+    }
     this.bytes = buf.length;
     header.categories.forEach((c, i) => {
       this.byName.set(c.name, i);
@@ -168,7 +186,8 @@ export class ListIndex {
     const bit = (hi & 0x7fffffff) % this.filterBits;
     if ((this.filter[bit >>> 5]! & (1 << (bit & 31))) === 0) return hits; // certainly absent
     const d = findSlot(this.s.dkeys, this.dcap, lo, hi);
-    const u = this.ucap > 0 ? findSlot(this.s.ukeys, this.ucap, lo, hi) : -1;
+    const ubit = hi & this.urlFilterMask;
+    const u = (this.urlFilter[ubit >>> 5]! & (1 << (ubit & 31))) !== 0 ? findSlot(this.s.ukeys, this.ucap, lo, hi) : -1;
     if (d < 0 && u < 0) return hits;
     this.hitStart[hits] = start;
     this.hitSet[hits] = d < 0 ? 0 : this.s.dvals[d]!;
