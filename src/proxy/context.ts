@@ -3,8 +3,9 @@
  * policy engine in force (swapped by reference on reload), the journal, the log.
  */
 import type * as http from 'node:http';
+import type * as net from 'node:net';
 import type { Config } from '../config';
-import { CidrSet } from '../config/cidr';
+import { CidrSet, plainAddress } from '../config/cidr';
 import type { Identity } from '../identity';
 import type { JournalClose, JournalHandle, JournalOpen, JournalWriter } from '../journal/types';
 import type { Logger } from '../log';
@@ -52,6 +53,8 @@ export class ProxyContext {
   publicAddress!: string;
   failOpenWarned = false;
   observer: ProxyObserver | null = null;
+  /** open connections per client address, across every listener (proxy and transparent) */
+  private readonly perClient = new Map<string, number>();
 
   constructor(
     config: Config,
@@ -94,6 +97,27 @@ export class ProxyContext {
   substituteHost(target: Target, decision: Decision): string | null {
     const mode = this.policy.safeSearch(decision.profile);
     return mode === null ? null : this.safeSearch.substitute(target.host, mode);
+  }
+
+  /**
+   * Admits a new connection unless its client already holds limits.maxConnectionsPerClient
+   * (a slowloris from one machine cannot fill the gateway); a refused socket is destroyed.
+   */
+  admit(socket: net.Socket): boolean {
+    const ip = plainAddress(socket.remoteAddress ?? '');
+    const n = (this.perClient.get(ip) ?? 0) + 1;
+    if (n > this.config.limits.maxConnectionsPerClient) {
+      this.log.warn({ client: ip, reason: Refusal.tooManyConnections }, 'connection refused');
+      socket.destroy();
+      return false;
+    }
+    this.perClient.set(ip, n);
+    socket.once('close', () => {
+      const left = (this.perClient.get(ip) ?? 1) - 1;
+      if (left <= 0) this.perClient.delete(ip);
+      else this.perClient.set(ip, left);
+    });
+    return true;
   }
 
   identify(ip: string): Client {

@@ -19,6 +19,7 @@ import { parseAbsoluteUrl } from '../policy/normalise';
 import type { Client, Decision, Target } from '../policy/types';
 import { ProxyContext, Refusal, RefusalCode, openRecord, refusalRecord, remotePort, SUBSTITUTED_REASON } from './context';
 import { addVia, stripHopByHop } from './headers';
+import { headerBytes } from './http-server';
 import { infoPage, usagePage } from './pages';
 import { defaultProxyHostPort, isPacPath, PAC_CONTENT_TYPE, renderPac } from './pac';
 import { newRef } from './ref';
@@ -78,6 +79,11 @@ export class HttpHandler {
     const method = req.method ?? 'GET';
     const url = req.url ?? '';
 
+    if (headerBytes(req) > ctx.config.limits.maxHeaderBytes) {
+      res.shouldKeepAlive = false;
+      return this.refuse(req, res, ex, 431, Refusal.badRequest, '', 0,
+        infoPage('En-têtes trop grands', 'La requête porte trop d’en-têtes.', 'The request headers are too large.', ex.ref));
+    }
     if (!ctx.clients.has(ex.client.ip)) {
       return this.refuse(req, res, ex, 403, Refusal.clientRefused, '', 0,
         infoPage('Accès refusé', "Ce poste n'est pas sur un réseau autorisé à utiliser ce proxy.", 'This computer is not on a network allowed to use this proxy.', ex.ref));

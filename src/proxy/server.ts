@@ -14,6 +14,7 @@ import type { Logger } from '../log';
 import type { PolicyEngine } from '../policy/types';
 import { ProxyContext, ProxyObserver, Refusal, refusalRecord } from './context';
 import { HttpHandler } from './http-handler';
+import { createHttpServer } from './http-server';
 import { BlockPage } from './pages';
 import { newRef } from './ref';
 import { endThenDestroy, TunnelHandler, writeResponse } from './tunnel';
@@ -35,7 +36,6 @@ export class ProxyServer {
   private readonly servers: net.Server[] = [];
   private tls: TransparentTlsHandler | null = null;
   readonly transparentAddresses: Array<{ kind: 'http' | 'tls'; host: string; port: number }> = [];
-  private readonly perClient = new Map<string, number>();
   private inFlight = 0;
   private stopping = false;
 
@@ -105,56 +105,17 @@ export class ProxyServer {
   }
 
   private createServer(): http.Server {
-    const limits = this.ctx.config.limits;
-    const server = http.createServer({
-      maxHeaderSize: limits.maxHeaderBytes,
-      headersTimeout: limits.headerTimeoutMs,
-      requestTimeout: 0, // long uploads are fine; idleness is bounded by `timeout` below
-      keepAliveTimeout: Math.min(limits.idleTimeoutMs, 60_000),
-      connectionsCheckingInterval: Math.min(1000, limits.headerTimeoutMs),
-    });
-    // No blanket socket timeout: it would cut a request whose origin is merely slow before the
-    // upstream timeout can answer 502. Idleness is bounded where it happens: headersTimeout
-    // (slow headers), keepAliveTimeout (between requests), the upstream timeout (stalled origin
-    // or a client that stops reading), the tunnel timeouts (idle tunnels).
-    server.timeout = 0;
-    // keep every header (none silently dropped before forwarding); their total size is bounded
-    // in the request handler, since the parser's own limit does not count many small headers
-    server.maxHeadersCount = 0;
-    server.on('connection', (socket: net.Socket) => this.onConnection(socket));
+    const server = createHttpServer(this.ctx);
     server.on('request', (req: http.IncomingMessage, res: http.ServerResponse) => {
       if (this.stopping) res.shouldKeepAlive = false;
       this.inFlight++;
       res.once('close', () => { this.inFlight--; });
-      if (headerBytes(req) > limits.maxHeaderBytes) {
-        this.recordRefusal(req.socket, req.method ?? '', Refusal.badRequest);
-        res.shouldKeepAlive = false;
-        res.writeHead(431, { 'content-length': 0, connection: 'close' }).end();
-        return;
-      }
       this.http.handle(req, res);
     });
     server.on('connect', (req: http.IncomingMessage, socket: net.Socket, head: Buffer) => this.tunnels.handle(req, socket, head));
     server.on('upgrade', (req: http.IncomingMessage, socket: net.Socket) => this.onUpgrade(req, socket));
     server.on('clientError', (err: NodeJS.ErrnoException, socket: net.Socket) => this.onClientError(err, socket));
     return server;
-  }
-
-  /** Bounds connections per client address (a slowloris from one machine cannot fill us). */
-  private onConnection(socket: net.Socket): void {
-    const ip = plainAddress(socket.remoteAddress ?? '');
-    const n = (this.perClient.get(ip) ?? 0) + 1;
-    if (n > this.ctx.config.limits.maxConnectionsPerClient) {
-      this.ctx.log.warn({ client: ip, reason: Refusal.tooManyConnections }, 'connection refused');
-      socket.destroy();
-      return;
-    }
-    this.perClient.set(ip, n);
-    socket.once('close', () => {
-      const left = (this.perClient.get(ip) ?? 1) - 1;
-      if (left <= 0) this.perClient.delete(ip);
-      else this.perClient.set(ip, left);
-    });
   }
 
   /** Plain-HTTP Upgrade (e.g. ws:// in absolute form) is not tunnelled: browsers use CONNECT. */
@@ -204,12 +165,4 @@ export class ProxyServer {
     await closed;
     this.http.close();
   }
-}
-
-/** Size of the request line and headers as received (separators counted as on the wire). */
-function headerBytes(req: http.IncomingMessage): number {
-  const raw = req.rawHeaders;
-  let n = (req.method?.length ?? 0) + (req.url?.length ?? 0) + 12;
-  for (let i = 0; i < raw.length; i++) n += (raw[i] as string).length + 2;
-  return n;
 }

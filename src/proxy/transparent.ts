@@ -45,6 +45,7 @@ import { MAX_CLIENT_HELLO_BYTES, parseClientHello, type ClientHelloResult } from
 import { ProxyContext, Refusal, openRecord, refusalRecord, SUBSTITUTED_REASON } from './context';
 import { readParentAnswer } from './tunnel';
 import { sendPage } from './http-handler';
+import { createHttpServer } from './http-server';
 import { infoPage } from './pages';
 import { newRef } from './ref';
 
@@ -81,22 +82,7 @@ export function transparentHttpServer(
   opts: TransparentHttpOptions = {},
 ): http.Server {
   const upstreamPort = opts.upstreamPort ?? 80;
-  const limits = ctx.config.limits;
-  const server = http.createServer({
-    maxHeaderSize: limits.maxHeaderBytes,
-    headersTimeout: limits.headerTimeoutMs,
-    requestTimeout: 0,
-    keepAliveTimeout: Math.min(limits.idleTimeoutMs, 60_000),
-    connectionsCheckingInterval: Math.min(1000, limits.headerTimeoutMs),
-  });
-  server.timeout = 0; // as in server.ts: idleness is bounded where it happens
-  const perClient = new PerClientLimit(limits.maxConnectionsPerClient);
-  server.on('connection', (socket: net.Socket) => {
-    if (!perClient.admit(socket)) {
-      ctx.log.warn({ client: plainAddress(socket.remoteAddress ?? ''), reason: Refusal.tooManyConnections }, 'connection refused');
-      socket.destroy();
-    }
-  });
+  const server = createHttpServer(ctx);
   server.on('request', (req: http.IncomingMessage, res: http.ServerResponse) => {
     const ref = newRef();
     const startMs = Date.now();
@@ -223,11 +209,9 @@ export class TransparentTlsHandler {
   /** open client connections, for orderly shutdown */
   readonly open = new Set<net.Socket>();
   private readonly upstreamPort: number;
-  private readonly perClient: PerClientLimit;
 
   constructor(private readonly ctx: ProxyContext, private readonly opts: TransparentTlsOptions = {}) {
     this.upstreamPort = opts.upstreamPort ?? 443;
-    this.perClient = new PerClientLimit(ctx.config.limits.maxConnectionsPerClient);
   }
 
   /** A net.Server that hands every connection to this handler. */
@@ -238,11 +222,7 @@ export class TransparentTlsHandler {
   handle(socket: net.Socket): void {
     const ctx = this.ctx;
     socket.on('error', () => { /* reported through the journal record; never crash */ });
-    if (!this.perClient.admit(socket)) {
-      ctx.log.warn({ client: plainAddress(socket.remoteAddress ?? ''), reason: Refusal.tooManyConnections }, 'connection refused');
-      socket.destroy();
-      return;
-    }
+    if (!ctx.admit(socket)) return;
     this.open.add(socket);
     socket.once('close', () => this.open.delete(socket));
     const c: Conn = {
@@ -461,21 +441,4 @@ async function defaultLookupAll(host: string): Promise<string[]> {
 }
 
 /** Bounds connections per client address on a transparent listener. */
-class PerClientLimit {
-  private readonly counts = new Map<string, number>();
-  constructor(private readonly max: number) {}
-
-  admit(socket: net.Socket): boolean {
-    const ip = plainAddress(socket.remoteAddress ?? '');
-    const n = (this.counts.get(ip) ?? 0) + 1;
-    if (n > this.max) return false;
-    this.counts.set(ip, n);
-    socket.once('close', () => {
-      const left = (this.counts.get(ip) ?? 1) - 1;
-      if (left <= 0) this.counts.delete(ip);
-      else this.counts.set(ip, left);
-    });
-    return true;
-  }
-}
 

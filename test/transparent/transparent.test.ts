@@ -64,8 +64,19 @@ async function waitFor<T>(fn: () => T | undefined, what: string, timeoutMs = 500
 }
 
 /** The journal row of the connection whose client port is `port`, once completed. */
+const claimed = new Set<unknown>();
+/**
+ * The newest record of client port `port` not returned before, once completed (ephemeral ports
+ * are reused across tests, so the first match could be an older connection's).
+ */
 function rowOfPort(port: number): Promise<Row> {
-  return waitFor(() => journalRows().find((r) => r['client_port'] === port && r['end_ms'] !== null), `journal row of client port ${port}`);
+  return waitFor(() => {
+    const rows = journalRows().filter((r) => r['client_port'] === port && !claimed.has(r['id']));
+    const r = rows[rows.length - 1];
+    if (r === undefined || r['end_ms'] === null) return undefined;
+    claimed.add(r['id']);
+    return r;
+  }, `journal row of client port ${port}`);
 }
 
 /** A real TLS client through the transparent listener: one GET, returns the body or the error. */
