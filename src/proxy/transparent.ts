@@ -38,12 +38,12 @@ import * as dns from 'node:dns';
 import * as http from 'node:http';
 import * as net from 'node:net';
 import { plainAddress } from '../config/cidr';
-import type { JournalHandle, JournalOpen } from '../journal/types';
+import type { JournalOpen } from '../journal/types';
 import { normaliseHost } from '../policy/normalise';
 import type { Client, Decision, Target } from '../policy/types';
 import { MAX_CLIENT_HELLO_BYTES, parseClientHello, type ClientHelloResult } from './clienthello';
 import { ProxyContext, Refusal, openRecord, refusalRecord, SUBSTITUTED_REASON } from './context';
-import { readParentAnswer } from './tunnel';
+import { relay } from './relay';
 import { sendPage } from './http-handler';
 import { createHttpServer } from './http-server';
 import { infoPage } from './pages';
@@ -311,7 +311,7 @@ export class TransparentTlsHandler {
       handle?.finish({ endMs: Date.now(), destIp, egressIp: null, egressPort: null, status: null, bytesIn: buf.length, bytesOut: 0 });
       return;
     }
-    this.splice(socket, buf, connectHost, destIp, handle);
+    relay(ctx, { client: socket, connectHost, port: this.upstreamPort, destIp, handle, first: buf, openStatus: null });
   }
 
   /** Whether `ip` is one of the addresses of `host` (the resolver's pick, then all of DNS). */
@@ -323,60 +323,6 @@ export class TransparentTlsHandler {
     } catch {
       return false;
     }
-  }
-
-  private splice(socket: net.Socket, hello: Buffer, connectHost: string, destIp: string | null, handle: JournalHandle | null): void {
-    const ctx = this.ctx;
-    const port = this.upstreamPort;
-    const upstream = ctx.parent === null
-      ? net.connect({ host: destIp as string, port })
-      : net.connect({ host: ctx.parent.host, port: ctx.parent.port });
-    let egressIp: string | null = null;
-    let egressPort: number | null = null;
-    let failure: string | null = null;
-    let done = false;
-    const finish = () => {
-      if (done) return;
-      done = true;
-      upstream.destroy();
-      socket.destroy();
-      handle?.finish({
-        endMs: Date.now(),
-        destIp,
-        egressIp,
-        egressPort,
-        status: null,
-        bytesIn: socket.bytesRead,
-        bytesOut: socket.bytesWritten,
-        ...(failure === null ? {} : { decision: 'error' as const, reason: `upstream-${failure}` }),
-      });
-    };
-    const idle = ctx.config.limits.idleTimeoutMs;
-    upstream.setTimeout(idle, () => { failure ??= 'idle-timeout'; finish(); });
-    socket.setTimeout(idle, () => finish());
-    upstream.on('error', (err: NodeJS.ErrnoException) => { failure ??= err.code ?? 'error'; finish(); });
-    socket.once('close', finish);
-    upstream.once('close', finish);
-    upstream.once('connect', () => {
-      egressIp = upstream.localAddress ? plainAddress(upstream.localAddress) : null;
-      egressPort = upstream.localPort ?? null;
-      handle?.connected({ destIp, egressIp, egressPort });
-      if (ctx.parent === null) {
-        pipeBoth(socket, upstream, hello);
-        return;
-      }
-      const auth = connectHost.includes(':') ? `[${connectHost}]:${port}` : `${connectHost}:${port}`;
-      upstream.write(`CONNECT ${auth} HTTP/1.1\r\nHost: ${auth}\r\nVia: 1.1 gardefou\r\n\r\n`);
-      readParentAnswer(upstream, (code, rest) => {
-        if (code !== 200) {
-          failure = `parent-${code}`;
-          finish();
-          return;
-        }
-        if (rest.length > 0) socket.write(rest);
-        pipeBoth(socket, upstream, hello);
-      });
-    });
   }
 
   /** Closes a refused connection and journals the refusal. */
@@ -427,13 +373,6 @@ export function readClientHello(
 }
 
 const TOO_LARGE_READ: ClientHelloResult = Object.freeze({ ok: false, error: 'too-large', detail: 'client hello larger than the cap' } as const);
-
-function pipeBoth(client: net.Socket, upstream: net.Socket, hello: Buffer): void {
-  upstream.write(hello);
-  client.pipe(upstream);
-  upstream.pipe(client);
-  client.resume();
-}
 
 async function defaultLookupAll(host: string): Promise<string[]> {
   if (net.isIP(host) !== 0) return [host];

@@ -12,13 +12,13 @@
 import type * as http from 'node:http';
 import * as net from 'node:net';
 import { plainAddress } from '../config/cidr';
-import type { JournalHandle } from '../journal/types';
 import { parseConnectAuthority } from '../policy/normalise';
 import type { Client, Decision, Target } from '../policy/types';
 import { ProxyContext, Refusal, RefusalCode, openRecord, refusalRecord, SUBSTITUTED_REASON } from './context';
 import { forbiddenPage, journalDownPage } from './http-handler';
 import { infoPage } from './pages';
 import { newRef } from './ref';
+import { relay } from './relay';
 
 const REASON_PHRASES: Record<number, string> = {
   400: 'Bad Request',
@@ -109,99 +109,20 @@ export class TunnelHandler {
       handle?.finish({ endMs: Date.now(), destIp, egressIp: null, egressPort: null, status: null, bytesIn: 0, bytesOut: 0 });
       return;
     }
-    const readAtStart = clientSocket.bytesRead;
-    const writtenAtStart = clientSocket.bytesWritten;
-    const upstream = ctx.parent === null
-      ? net.connect({ host: destIp as string, port: target.port })
-      : net.connect({ host: ctx.parent.host, port: ctx.parent.port });
-    let egressIp: string | null = null;
-    let egressPort: number | null = null;
-    let status: number | null = null;
-    let failure: string | null = null;
-    let done = false;
-    const finish = () => {
-      if (done) return;
-      done = true;
-      upstream.destroy();
-      clientSocket.destroy();
-      handle?.finish({
-        endMs: Date.now(),
-        destIp,
-        egressIp,
-        egressPort,
-        status,
-        bytesIn: clientSocket.bytesRead - readAtStart,
-        bytesOut: clientSocket.bytesWritten - writtenAtStart,
-        ...(failure === null ? {} : { decision: 'error' as const, reason: `upstream-${failure}` }),
-      });
-    };
-    const idle = ctx.config.limits.idleTimeoutMs;
-    upstream.setTimeout(idle, () => { failure ??= 'idle-timeout'; finish(); });
-    clientSocket.setTimeout(idle, () => finish());
-    upstream.on('error', (err: NodeJS.ErrnoException) => {
-      failure ??= err.code ?? 'error';
-      if (status === null) {
-        status = 502;
-        writeResponse(clientSocket, 502, infoPage('Le site ne répond pas', "Le site demandé n'a pas accepté la connexion.", 'The requested site refused the connection.', ref));
-      }
-      finish();
-    });
-    clientSocket.once('close', finish);
-    upstream.once('close', finish);
-    upstream.once('connect', () => {
-      egressIp = upstream.localAddress ? plainAddress(upstream.localAddress) : null;
-      egressPort = upstream.localPort ?? null;
-      if (ctx.parent === null) {
-        handle?.connected({ destIp, egressIp, egressPort });
-        status = 200;
-        clientSocket.write('HTTP/1.1 200 Connection established\r\nVia: 1.1 gardefou\r\n\r\n');
-        splice(clientSocket, upstream, head);
-      } else {
-        handle?.connected({ destIp: null, egressIp, egressPort });
-        const auth = connectHost.includes(':') ? `[${connectHost}]:${target.port}` : `${connectHost}:${target.port}`;
-        upstream.write(`CONNECT ${auth} HTTP/1.1\r\nHost: ${auth}\r\nVia: 1.1 gardefou\r\n\r\n`);
-        readParentAnswer(upstream, (code, rest) => {
-          if (code !== 200) {
-            failure = `parent-${code}`;
-            status = 502;
-            writeResponse(clientSocket, 502, infoPage('Le proxy amont refuse', "Le proxy amont n'a pas ouvert le tunnel.", 'The upstream proxy did not open the tunnel.', ref));
-            finish();
-            return;
-          }
-          status = 200;
-          clientSocket.write('HTTP/1.1 200 Connection established\r\nVia: 1.1 gardefou\r\n\r\n');
-          if (rest.length > 0) clientSocket.write(rest);
-          splice(clientSocket, upstream, head);
-        });
-      }
+    relay(ctx, {
+      client: clientSocket,
+      connectHost,
+      port: target.port,
+      destIp,
+      handle,
+      first: head,
+      openStatus: 200,
+      onOpen: () => clientSocket.write('HTTP/1.1 200 Connection established\r\nVia: 1.1 gardefou\r\n\r\n'),
+      onFail: (parentStatus) => writeResponse(clientSocket, 502, parentStatus === null
+        ? infoPage('Le site ne répond pas', "Le site demandé n'a pas accepté la connexion.", 'The requested site refused the connection.', ref)
+        : infoPage('Le proxy amont refuse', "Le proxy amont n'a pas ouvert le tunnel.", 'The upstream proxy did not open the tunnel.', ref)),
     });
   }
-}
-
-function splice(client: net.Socket, upstream: net.Socket, head: Buffer): void {
-  if (head.length > 0) upstream.write(head);
-  client.pipe(upstream);
-  upstream.pipe(client);
-}
-
-const MAX_PARENT_HEADER = 16384;
-
-/** Reads the parent proxy's answer to our CONNECT: status code, and any bytes after it. */
-export function readParentAnswer(upstream: net.Socket, done: (code: number, rest: Buffer) => void): void {
-  let buf = Buffer.alloc(0);
-  const onData = (chunk: Buffer) => {
-    buf = Buffer.concat([buf, chunk]);
-    const end = buf.indexOf('\r\n\r\n');
-    if (end < 0) {
-      if (buf.length > MAX_PARENT_HEADER) { upstream.off('data', onData); done(0, Buffer.alloc(0)); }
-      return;
-    }
-    upstream.off('data', onData);
-    upstream.pause();
-    const m = /^HTTP\/1\.[01] (\d{3})/.exec(buf.subarray(0, end).toString('latin1'));
-    done(m ? Number(m[1]) : 0, buf.subarray(end + 4));
-  };
-  upstream.on('data', onData);
 }
 
 /**
