@@ -4,7 +4,6 @@
  * policy engine over the fixture lists, a real journal, the shipped SafeSearch map.
  * The upstream port is a handler option (443/80 in production) so the origins can use port 0.
  */
-import Database from 'better-sqlite3';
 import * as fs from 'node:fs';
 import * as http from 'node:http';
 import * as net from 'node:net';
@@ -22,7 +21,7 @@ import { HttpHandler } from '../../src/proxy/http-handler';
 import { BlockPage } from '../../src/proxy/pages';
 import { loadSafeSearch } from '../../src/proxy/safesearch';
 import { hostOfAuthority, TransparentTlsHandler, transparentHttpServer } from '../../src/proxy/transparent';
-import { FIXTURES, tempDir } from '../helpers/gardefou';
+import { FIXTURES, journalRows as readJournal, tempDir, waitFor } from '../helpers/gardefou';
 import { closeServer, listenLoopback, makeCert, Origin, startOrigin, startTlsOrigin } from '../helpers/net';
 import { captureClientHello, reframe } from '../tls/hello-helpers';
 
@@ -45,22 +44,7 @@ const logLines: string[] = [];
 const extraServers: net.Server[] = [];
 
 function journalRows(file = 'journal.db'): Row[] {
-  const db = new Database(path.join(dir, file), { readonly: true, fileMustExist: true });
-  try {
-    return db.prepare('SELECT * FROM records ORDER BY id').all() as Row[];
-  } finally {
-    db.close();
-  }
-}
-
-async function waitFor<T>(fn: () => T | undefined, what: string, timeoutMs = 5000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = fn();
-    if (v !== undefined) return v;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
+  return readJournal(path.join(dir, file));
 }
 
 /** The journal row of the connection whose client port is `port`, once completed. */
