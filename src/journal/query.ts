@@ -4,6 +4,10 @@
  * journal has no ANALYZE statistics; the most selective criterion given drives the search:
  * egress port > user > workstation > client > host).
  *
+ * Results are ordered by (day, start_ms, id): the same order as (start_ms, id), since day is
+ * derived from start_ms, but one the index gives as it is (days of the IN list in ascending
+ * order, then start_ms, then rowid), so SQLite skips sorting whole rows in a temporary b-tree.
+ *
  * "Egress ip:port at time T": the connection that held that port may have started long before
  * T, so the search goes back by the longest connection ever finished (meta.max_duration_ms)
  * and keeps rows with start <= T + skew and (end >= T - skew or still open / never finished).
@@ -46,7 +50,7 @@ export function planQuery(db: Database.Database, c: Criteria, skewMs: number): Q
   if (c.host !== undefined) { where.push('dest_host = ?'); params.push(c.host); }
   const days: number[] = [];
   for (let d = fromDay; d <= toDay; d++) days.push(d);
-  const sql = `SELECT * FROM records INDEXED BY ${index} WHERE day IN (${days.join(',')}) AND ${where.join(' AND ')} ORDER BY start_ms, id`;
+  const sql = `SELECT * FROM records INDEXED BY ${index} WHERE day IN (${days.join(',')}) AND ${where.join(' AND ')} ORDER BY day, start_ms, id`;
   return { sql, params };
 }
 

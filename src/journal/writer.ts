@@ -145,7 +145,7 @@ export class Journal extends EventEmitter implements JournalWriter {
     if (this.outbox.length === 0) return;
     const ops = this.outbox;
     this.outbox = [];
-    this.post({ t: 'ops', ops });
+    this.post({ t: 'ops', json: JSON.stringify(ops) });
   }
 
   private post(m: ToWorker): void {
