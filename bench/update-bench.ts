@@ -16,7 +16,7 @@ import { PACKAGE_ROOT } from '../src/config';
 import { publish, PublishReport } from '../src/lists/feed';
 import { generateKeyPair } from '../src/lists/sign';
 import { AppliedInfo, UpdateAgent } from '../src/lists/update';
-import { loadPolicyEngine } from '../src/policy/engine';
+import { loadPolicyEngine } from '../src/lists/load';
 import type { PolicyEngine } from '../src/policy/types';
 
 const args = process.argv.slice(2);

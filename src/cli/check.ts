@@ -8,7 +8,7 @@ import * as net from 'node:net';
 import * as path from 'node:path';
 import { loadConfig } from '../config';
 import { InputError } from '../errors';
-import { loadPolicyEngine } from '../policy/engine';
+import { loadPolicyEngine } from '../lists/load';
 import { parseAbsoluteUrl, parseConnectAuthority, targetUrl } from '../policy/normalise';
 import type { Target } from '../policy/types';
 

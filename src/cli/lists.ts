@@ -7,7 +7,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { loadConfig } from '../config';
 import { compileLists, CompileReport, INDEX_FILE_NAME } from '../lists/compile';
-import { loadLists } from '../policy/engine';
+import { loadLists } from '../lists/load';
 
 interface ImportFlags { out: string; config?: string; json?: boolean }
 interface InfoFlags { lists?: string; config?: string; json?: boolean }

@@ -16,7 +16,7 @@ import { Identity } from '../identity';
 import { openJournal } from '../journal';
 import { createLogger, Logger } from '../log';
 import { currentBundle, renderUpdateMetrics, updateAgentFromConfig } from '../lists/update';
-import { loadPolicyEngine } from '../policy/engine';
+import { loadPolicyEngine } from '../lists/load';
 import type { PolicyEngine } from '../policy/types';
 import type { ProxyObserver } from '../proxy/context';
 import { ProxyServer } from '../proxy/server';

@@ -60,7 +60,8 @@ import {
   sha256,
   writeFileAtomic,
 } from './bundle';
-import { createPolicyEngine, loadLists } from '../policy/engine';
+import { createPolicyEngine } from '../policy/engine';
+import { loadLists } from './load';
 import { compileLists } from './compile';
 import { ComposeResult, composePolicy } from './local';
 import { applyDelta, effectiveFiles } from './feed';

@@ -31,10 +31,7 @@
  * the answer), each category's expressions in one combined RegExp, against `host + path`
  * (no scheme, no port) for http and `host` for CONNECT.
  */
-import * as fs from 'node:fs';
 import { CidrSet, plainAddress } from '../config/cidr';
-import { errorMessage, GardefouError } from '../errors';
-import { classifyLists, compileToBuffer, CompileReport } from '../lists/compile';
 import type { Logger } from '../log';
 import { EntrySet } from './entries';
 import type { CategoryMeta } from './index-format';
@@ -44,14 +41,6 @@ import { PolicySpec, ProfileSpec, readPolicyFile, SafeSearchMode } from './polic
 import { LocalClock, Schedule } from './schedule';
 import { Client, Decision, Layer, PolicyEngine, Reason, ReasonCode, Target } from './types';
 
-export interface LoadPolicyOptions {
-  /** UT1 folder, UT1 tar.gz, compiled index file, or a folder holding gardefou-lists.idx */
-  lists: string;
-  /** policy JSON file */
-  policy: string;
-  listSerial?: string | null;
-  log?: Logger;
-}
 
 interface ExprGroup {
   category: number;
@@ -366,32 +355,15 @@ function andNot(a: Uint32Array, b: Uint32Array): void {
   for (let i = 0; i < a.length; i++) a[i] = a[i]! & ~b[i]!;
 }
 
-export interface LoadedLists {
+/** Lists as the engine needs them (src/lists/load.ts reads or compiles them). */
+export interface EngineLists {
   index: ListIndex;
   /** what was loaded (index file or UT1 source) */
   source: string;
-  /** set when a UT1 source was compiled at load */
-  compiled: CompileReport | null;
-}
-
-/** Loads a compiled index, or compiles a UT1 folder / tar.gz in memory. */
-export async function loadLists(lists: string): Promise<LoadedLists> {
-  const src = classifyLists(lists);
-  if (src.kind === 'index') {
-    let buf: Buffer;
-    try {
-      buf = fs.readFileSync(src.file);
-    } catch (err) {
-      throw new GardefouError('GARDEFOU_INDEX', `reading index ${src.file}: ${errorMessage(err)}`);
-    }
-    return { index: new ListIndex(buf, src.file), source: src.file, compiled: null };
-  }
-  const { buffer, report } = await compileToBuffer(src.path);
-  return { index: new ListIndex(buffer, src.path), source: src.path, compiled: report };
 }
 
 /** Builds an engine from loaded lists and a policy file path. */
-export function createPolicyEngine(lists: LoadedLists, policyFile: string, listSerial: string | null = null, log?: Logger): Engine {
+export function createPolicyEngine(lists: EngineLists, policyFile: string, listSerial: string | null = null, log?: Logger): Engine {
   const spec = readPolicyFile(policyFile);
   const engine = new Engine(lists.index, spec, lists.source, listSerial);
   if (log) {
@@ -401,17 +373,3 @@ export function createPolicyEngine(lists: LoadedLists, policyFile: string, listS
   return engine;
 }
 
-/**
- * The entry point for `serve`, `check` and the updater: loads lists (index file, or UT1 tree
- * compiled in memory) and the policy file. Throws ConfigError naming the key on a bad policy,
- * InputError / GardefouError('GARDEFOU_INDEX') on bad lists.
- */
-export async function loadPolicyEngine(opts: LoadPolicyOptions): Promise<Engine> {
-  const lists = await loadLists(opts.lists);
-  if (opts.log && lists.compiled) {
-    const r = lists.compiled;
-    opts.log.info({ source: r.source, domains: r.domains, urls: r.urls, expressions: r.expressions, malformed: r.malformed.count, ms: r.ms }, 'lists compiled');
-    for (const m of r.malformed.first.slice(0, 5)) opts.log.warn({ file: m.file, line: m.line, reason: m.reason }, 'malformed list line skipped');
-  }
-  return createPolicyEngine(lists, opts.policy, opts.listSerial ?? null, opts.log);
-}

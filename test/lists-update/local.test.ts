@@ -8,7 +8,7 @@ import t from 'tap';
 import { publish } from '../../src/lists/feed';
 import { generateKeyPair } from '../../src/lists/sign';
 import { AppliedInfo, UpdateAgent } from '../../src/lists/update';
-import { loadPolicyEngine } from '../../src/policy/engine';
+import { loadPolicyEngine } from '../../src/lists/load';
 import { addDomain, makeUt1, tmp } from './helpers';
 import { pathToFileURL } from 'node:url';
 

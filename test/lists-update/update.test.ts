@@ -10,7 +10,7 @@ import t, { type Test } from 'tap';
 import { publish } from '../../src/lists/feed';
 import { generateKeyPair } from '../../src/lists/sign';
 import { AppliedInfo, UpdateAgent, UpdateAgentOptions, verifyInstalled } from '../../src/lists/update';
-import { loadPolicyEngine } from '../../src/policy/engine';
+import { loadPolicyEngine } from '../../src/lists/load';
 import type { PolicyEngine } from '../../src/policy/types';
 import { addDomain, feedRoot, makeUt1, startFeedServer, tmp } from './helpers';
 

@@ -12,7 +12,7 @@ import t from 'tap';
 import { PACKAGE_ROOT } from '../../src/config';
 import { classifyLists, compileLists, compileToBuffer, INDEX_FILE_NAME } from '../../src/lists/compile';
 import { posixToJs } from '../../src/lists/ut1';
-import { loadLists } from '../../src/policy/engine';
+import { loadLists } from '../../src/lists/load';
 import { parseIndex } from '../../src/policy/index-format';
 
 const MINI = path.join(PACKAGE_ROOT, 'test', 'fixtures', 'ut1-mini');

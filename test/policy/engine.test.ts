@@ -6,7 +6,8 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import t, { type Test } from 'tap';
 import { PACKAGE_ROOT } from '../../src/config';
-import { createPolicyEngine, Engine, loadLists, loadPolicyEngine, LoadedLists } from '../../src/policy/engine';
+import { loadLists, loadPolicyEngine, LoadedLists } from '../../src/lists/load';
+import { createPolicyEngine, Engine } from '../../src/policy/engine';
 import { parseAbsoluteUrl, parseConnectAuthority } from '../../src/policy/normalise';
 import type { Decision, Target } from '../../src/policy/types';
 

@@ -15,7 +15,7 @@ import t from 'tap';
 import { applyConfig, defaultConfig, PACKAGE_ROOT, type Config } from '../../src/config';
 import { Identity } from '../../src/identity';
 import { openJournal, type Journal } from '../../src/journal';
-import { loadPolicyEngine } from '../../src/policy/engine';
+import { loadPolicyEngine } from '../../src/lists/load';
 import { ProxyContext } from '../../src/proxy/context';
 import { HttpHandler } from '../../src/proxy/http-handler';
 import { BlockPage } from '../../src/proxy/pages';
