@@ -79,7 +79,9 @@ export class ProxyServer {
     const bound: Array<{ host: string; port: number }> = [];
     for (const spec of cfg.listen) bound.push(await this.bind(this.createServer(), spec));
     for (const spec of cfg.transparent.http) {
-      this.transparentAddresses.push({ kind: 'http', ...(await this.bind(transparentHttpServer(this.ctx, this.http), spec)) });
+      const server = transparentHttpServer(this.ctx, this.http);
+      server.on('request', (_req: http.IncomingMessage, res: http.ServerResponse) => this.countInFlight(res));
+      this.transparentAddresses.push({ kind: 'http', ...(await this.bind(server, spec)) });
     }
     if (cfg.transparent.tls.length > 0) {
       this.tls = new TransparentTlsHandler(this.ctx);
@@ -88,6 +90,13 @@ export class ProxyServer {
       }
     }
     return bound;
+  }
+
+  /** Requests in flight are waited for at SIGTERM (bounded by the shutdown grace). */
+  private countInFlight(res: http.ServerResponse): void {
+    if (this.stopping) res.shouldKeepAlive = false;
+    this.inFlight++;
+    res.once('close', () => { this.inFlight--; });
   }
 
   private async bind(server: net.Server, spec: string): Promise<{ host: string; port: number }> {
@@ -107,9 +116,7 @@ export class ProxyServer {
   private createServer(): http.Server {
     const server = createHttpServer(this.ctx);
     server.on('request', (req: http.IncomingMessage, res: http.ServerResponse) => {
-      if (this.stopping) res.shouldKeepAlive = false;
-      this.inFlight++;
-      res.once('close', () => { this.inFlight--; });
+      this.countInFlight(res);
       this.http.handle(req, res);
     });
     server.on('connect', (req: http.IncomingMessage, socket: net.Socket, head: Buffer) => this.tunnels.handle(req, socket, head));
