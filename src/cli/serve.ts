@@ -9,11 +9,10 @@ import * as path from 'node:path';
 import { CONTENT_TYPE as METRICS_CONTENT_TYPE, createGardefouMetrics } from '../admin/metrics';
 import { AdminServer } from '../admin/server';
 import { Config, loadConfig, validateConfig } from '../config';
-import { parseCidr } from '../config/cidr';
 import { formatHostPort, parseHostPort } from '../config/hostport';
 import { ConfigError, errorMessage } from '../errors';
 import { Identity } from '../identity';
-import { openJournal } from '../journal';
+import { Journal, openJournal } from '../journal';
 import { createLogger, Logger } from '../log';
 import { currentBundle, renderUpdateMetrics, updateAgentFromConfig } from '../lists/update';
 import { loadPolicyEngine } from '../lists/load';
@@ -28,7 +27,6 @@ export interface ServeFlags {
   journal?: string;
   hosts?: string;
   policy?: string;
-  allowDestination?: string[];
 }
 
 export function register(program: Command): void {
@@ -68,10 +66,6 @@ export function configFromFlags(flags: ServeFlags): Config {
   if (flags.policy) cfg.policy = path.resolve(flags.policy);
   if (flags.journal) cfg.journal.path = path.resolve(flags.journal);
   if (flags.hosts) cfg.hosts = path.resolve(flags.hosts);
-  if (flags.allowDestination) {
-    for (const c of flags.allowDestination) parseCidr(c);
-    cfg.allowDestinations = flags.allowDestination;
-  }
   return validateConfig(cfg, origin);
 }
 
@@ -91,7 +85,7 @@ async function loadPolicy(cfg: Config, log: Logger): Promise<PolicyEngine> {
 }
 
 export async function serve(flags: ServeFlags): Promise<void> {
-  let cfg = configFromFlags(flags);
+  const cfg = configFromFlags(flags);
   const log = createLogger(cfg.logLevel);
   log.info({ config: flags.config ?? '(embedded defaults)', lists: cfg.lists, policy: cfg.policy, journal: cfg.journal.path }, 'starting');
   if (cfg.journal.failOpen) {
@@ -99,13 +93,20 @@ export async function serve(flags: ServeFlags): Promise<void> {
   }
   fs.mkdirSync(path.dirname(cfg.journal.path), { recursive: true });
   const journal = await openJournal(cfg.journal, log);
-  let policy: PolicyEngine;
   try {
-    policy = await loadPolicy(cfg, log);
+    await run(flags, cfg, log, journal);
   } catch (err) {
-    await journal.close();
+    // a start that fails (lists, a port in use...) must not leave the journal's threads
+    // keeping the process alive: close it, then report
+    await journal.close().catch(() => undefined);
+    log.flush();
     throw err;
   }
+}
+
+async function run(flags: ServeFlags, initial: Config, log: Logger, journal: Journal): Promise<void> {
+  let cfg = initial;
+  const policy = await loadPolicy(cfg, log);
   log.info({ ...policy.describe(), serial: policy.listSerial }, 'lists loaded');
   const metrics = createGardefouMetrics();
   const observer: ProxyObserver = {
@@ -115,7 +116,14 @@ export async function serve(flags: ServeFlags): Promise<void> {
     },
   };
   const proxy = new ProxyServer({ config: cfg, policy, journal, log, identity: Identity.fromFile(cfg.workstations), observer });
-  const bound = await proxy.listen();
+  let bound: Array<{ host: string; port: number }>;
+  try {
+    bound = await proxy.listen();
+  } catch (err) {
+    await proxy.close(0);
+    metrics.close();
+    throw new ConfigError(`cannot listen: ${errorMessage(err)}`);
+  }
   journal.startPurge();
   // The DASEN channel: a new bundle, once verified and compiled, is swapped in live.
   const agent = cfg.update.feed === null ? null : updateAgentFromConfig(cfg, cfg.update.feed, log, { onApplied: async (info) => {
@@ -133,7 +141,7 @@ export async function serve(flags: ServeFlags): Promise<void> {
       return created ? Date.parse(created) : null;
     },
   });
-  const admin = cfg.admin.listen === null ? null : new AdminServer({
+  const admin: AdminServer | null = cfg.admin.listen === null ? null : new AdminServer({
     proxy,
     journal,
     log,
@@ -143,7 +151,15 @@ export async function serve(flags: ServeFlags): Promise<void> {
       render: () => metrics.render() + (agent ? renderUpdateMetrics(agent.status()) : ''),
     },
   });
-  const adminBound = admin && cfg.admin.listen ? await admin.listen(cfg.admin.listen) : null;
+  let adminBound: string | null = null;
+  try {
+    adminBound = admin && cfg.admin.listen ? await admin.listen(cfg.admin.listen) : null;
+  } catch (err) {
+    await agent?.stop();
+    await proxy.close(0);
+    metrics.close();
+    throw new ConfigError(`cannot listen on admin.listen ${cfg.admin.listen}: ${errorMessage(err)}`);
+  }
   log.info({
     listen: bound.map((b) => formatHostPort(b.host, b.port)),
     transparent: proxy.transparentAddresses.map((a) => `${a.kind} ${formatHostPort(a.host, a.port)}`),

@@ -78,3 +78,17 @@ t.test('command line: --help is honest, bad input exits 2 with one line', async 
   const unknown = spawnSync(process.execPath, [BIN, 'frobnicate'], { encoding: 'utf8', env: CHILD_ENV });
   t.equal(unknown.status, 2);
 });
+
+t.test('a listener that cannot bind stops the start with one line and exit 2 (no hang)', async (t) => {
+  const net = await import('node:net');
+  const holder = net.createServer();
+  await new Promise<void>((r) => holder.listen(0, '127.0.0.1', () => r()));
+  t.teardown(() => new Promise<void>((r) => holder.close(() => r())));
+  const port = (holder.address() as { port: number }).port;
+  const dir = tempDir();
+  const cfg = path.join(dir, 'gardefou.json');
+  fs.writeFileSync(cfg, JSON.stringify({ listen: [`127.0.0.1:${port}`], journal: { path: path.join(dir, 'journal.db') }, admin: { listen: null } }));
+  const run = spawnSync(process.execPath, [BIN, 'serve', '--config', cfg], { encoding: 'utf8', env: CHILD_ENV, timeout: 20_000 });
+  t.equal(run.status, 2, 'exits (does not hang on the journal threads)');
+  t.match(run.stderr, new RegExp(`^gardefou: cannot listen: .*EADDRINUSE.*127\\.0\\.0\\.1:${port}\\n$`));
+});
