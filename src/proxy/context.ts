@@ -61,7 +61,7 @@ export class ProxyContext {
     policy: PolicyEngine,
     readonly journal: JournalWriter,
     readonly log: Logger,
-    readonly identity: Identity,
+    public identity: Identity,
     blockPage: BlockPage,
   ) {
     this.policy = policy;

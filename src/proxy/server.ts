@@ -8,7 +8,7 @@ import { TransparentTlsHandler, transparentHttpServer } from './transparent';
 import type { Config } from '../config';
 import { plainAddress } from '../config/cidr';
 import { parseHostPort } from '../config/hostport';
-import type { Identity } from '../identity';
+import { Identity } from '../identity';
 import type { JournalWriter } from '../journal/types';
 import type { Logger } from '../log';
 import type { PolicyEngine } from '../policy/types';
@@ -52,7 +52,9 @@ export class ProxyServer {
    * everything else takes effect for the next request.
    */
   reconfigure(config: Config): void {
+    const identity = Identity.fromFile(config.workstations); // read first: a bad file changes nothing
     this.ctx.reconfigure(config, BlockPage.fromFile(config.blockPage));
+    this.ctx.identity = identity;
   }
 
   /** Swaps the policy engine in force. Requests already decided keep their decision. */

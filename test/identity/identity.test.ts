@@ -62,4 +62,12 @@ t.test('the workstation name reaches the journal record and the requisition quer
   const rows = JSON.parse(q.stdout) as unknown;
   t.match(JSON.stringify(rows), /salle3-pc04/);
   t.match(JSON.stringify(rows), /allowed\.test/);
+
+  // the map is read again on SIGHUP
+  fs.writeFileSync(map, '127.0.0.1 salle3-pc05\n');
+  g.proc.kill('SIGHUP');
+  await g.waitForLog((l) => l['msg'] === 'reloaded');
+  t.equal((await viaProxy(g.port, `http://allowed.test:${origin.port}/`)).status, 200);
+  const row2 = await waitFor(() => journalRows(g.journalPath).find((r) => r['end_ms'] !== null && r['workstation'] === 'salle3-pc05'), 'record with the new name');
+  t.ok(row2, 'new name after reload');
 });
