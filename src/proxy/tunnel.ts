@@ -17,11 +17,13 @@ import type { Client, Decision, Target } from '../policy/types';
 import { ProxyContext, Refusal, RefusalCode, openRecord, refusalRecord, SUBSTITUTED_REASON } from './context';
 import { forbiddenPage, journalDownPage } from './http-handler';
 import { infoPage } from './pages';
+import { headerBytes } from './http-server';
 import { newRef } from './ref';
 import { relay } from './relay';
 
 const REASON_PHRASES: Record<number, string> = {
   400: 'Bad Request',
+  431: 'Request Header Fields Too Large',
   403: 'Forbidden',
   502: 'Bad Gateway',
   503: 'Service Unavailable',
@@ -49,6 +51,9 @@ export class TunnelHandler {
       ctx.log.info({ ref, client: client.ip, host: host || undefined, port: port || undefined, reason: code, status }, 'refused');
     };
 
+    if (headerBytes(req) > ctx.config.limits.maxHeaderBytes) {
+      return refuse(431, Refusal.badRequest, '', 0, infoPage('En-têtes trop grands', 'La requête porte trop d’en-têtes.', 'The request headers are too large.', ref));
+    }
     if (!ctx.clients.has(client.ip)) {
       return refuse(403, Refusal.clientRefused, '', 0, infoPage('Accès refusé', "Ce poste n'est pas sur un réseau autorisé à utiliser ce proxy.", 'This computer is not on a network allowed to use this proxy.', ref));
     }

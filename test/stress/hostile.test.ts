@@ -90,6 +90,7 @@ t.test('oversize headers and URLs', async (t) => {
   t.match(await rawExchange(g.port, `GET ${longUrl} HTTP/1.1\r\nHost: allowed.test\r\n\r\n`), /^HTTP\/1\.1 431 /);
   const many = Array.from({ length: 2000 }, (_, i) => `X-H${i}: v\r\n`).join('');
   t.match(await rawExchange(g.port, `GET http://allowed.test/ HTTP/1.1\r\nHost: allowed.test\r\n${many}\r\n`), /^HTTP\/1\.1 431 /);
+  t.match(await rawExchange(g.port, `CONNECT allowed.test:443 HTTP/1.1\r\nHost: allowed.test:443\r\n${many}\r\n`), /^HTTP\/1\.1 431 /, 'CONNECT too');
 });
 
 t.test('slowloris: slow headers are cut at the header timeout; others are served meanwhile', async (t) => {
