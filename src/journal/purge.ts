@@ -138,7 +138,8 @@ export async function runPurgeChunked(
       res.chunks++;
       if (dt > res.maxChunkMs) res.maxChunkMs = dt;
       // adapt: cold pages (a day read back from disk) make rows cost 10x more than warm ones
-      if (dt > target) size = Math.max(8, Math.floor((size * target) / dt));
+      // (never above chunkRows: shrinking on a slow chunk must not raise a small configured size)
+      if (dt > target) size = Math.min(o.chunkRows, Math.max(8, Math.floor((size * target) / dt)));
       else if (dt < target / 2) size = Math.min(o.chunkRows, size * 2);
       await tick();
     }
