@@ -9,6 +9,7 @@ import * as path from 'node:path';
 import { errorMessage } from '../errors';
 import { sha256 } from './record';
 import { JournalError } from './store';
+import { writeFileSynced } from '../fsync';
 
 export interface Signer {
   sign(data: Buffer): Buffer;
@@ -30,15 +31,8 @@ export function loadOrCreateKey(keyFile: string, pubFile: string): { signer: Sig
     }
     const { privateKey, publicKey } = generateKeyPairSync('ed25519');
     fs.mkdirSync(path.dirname(keyFile), { recursive: true, mode: 0o750 });
-    const fd = fs.openSync(keyFile, fs.constants.O_CREAT | fs.constants.O_EXCL | fs.constants.O_WRONLY, 0o600);
-    try {
-      fs.writeSync(fd, privateKey.export({ type: 'pkcs8', format: 'pem' }) as string);
-      fs.fsyncSync(fd);
-    } finally {
-      fs.closeSync(fd);
-    }
-    fs.chmodSync(keyFile, 0o600);
-    fs.writeFileSync(pubFile, publicKey.export({ type: 'spki', format: 'pem' }) as string, { mode: 0o644 });
+    writeFileSynced(keyFile, privateKey.export({ type: 'pkcs8', format: 'pem' }) as string, 0o600, { exactMode: true });
+    writeFileSynced(pubFile, publicKey.export({ type: 'spki', format: 'pem' }) as string, 0o644);
     created = true;
   }
   return { signer: loadSigner(keyFile), created };

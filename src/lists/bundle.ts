@@ -585,28 +585,3 @@ export async function sha256File(file: string): Promise<{ sha256: string; size: 
   return { sha256: h.digest('hex'), size };
 }
 
-/** Writes `data` to `file` through a temp file + fsync + rename, then fsyncs the folder. */
-export function writeFileAtomic(file: string, data: Buffer | string, mode = 0o644): void {
-  const tmp = `${file}.tmp-${process.pid}-${crypto.randomBytes(4).toString('hex')}`;
-  const fd = fs.openSync(tmp, 'wx', mode);
-  try {
-    fs.writeSync(fd, typeof data === 'string' ? Buffer.from(data, 'utf8') : data);
-    fs.fsyncSync(fd);
-  } catch (err) {
-    fs.closeSync(fd);
-    fs.rmSync(tmp, { force: true });
-    throw err;
-  }
-  fs.closeSync(fd);
-  fs.renameSync(tmp, file);
-  fsyncDir(path.dirname(file));
-}
-
-export function fsyncDir(dir: string): void {
-  const fd = fs.openSync(dir, 'r');
-  try {
-    fs.fsyncSync(fd);
-  } finally {
-    fs.closeSync(fd);
-  }
-}

@@ -8,6 +8,7 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { fsyncPath, replaceFile } from '../fsync';
 import { GardefouError, InputError, errorMessage } from '../errors';
 import { IndexBuilder } from '../policy/index-builder';
 import { isIndexFile, Malformed, parseIndex } from '../policy/index-format';
@@ -73,26 +74,15 @@ export async function compileLists(src: string, outFile: string, opts: CompileOp
 
 export function writeAtomic(file: string, data: Buffer): void {
   const dir = path.dirname(path.resolve(file));
-  const tmp = path.join(dir, `.${path.basename(file)}.${process.pid}.${Date.now()}.tmp`);
   try {
     fs.mkdirSync(dir, { recursive: true });
-    const fd = fs.openSync(tmp, 'w', 0o644);
-    try {
-      let off = 0;
-      while (off < data.length) off += fs.writeSync(fd, data, off, data.length - off);
-      fs.fsyncSync(fd);
-    } finally {
-      fs.closeSync(fd);
-    }
-    fs.renameSync(tmp, file);
-    try {
-      const dfd = fs.openSync(dir, 'r');
-      try { fs.fsyncSync(dfd); } finally { fs.closeSync(dfd); }
-    } catch { /* some filesystems refuse fsync on a folder: the rename is still atomic */ }
+    replaceFile(file, data);
   } catch (err) {
-    try { fs.unlinkSync(tmp); } catch { /* not created */ }
     throw new GardefouError('GARDEFOU_IO', `writing index ${file}: ${errorMessage(err)}`);
   }
+  try {
+    fsyncPath(dir);
+  } catch { /* some filesystems refuse fsync on a folder: the rename is still atomic */ }
 }
 
 export type ListsSource =

@@ -23,7 +23,6 @@ import {
   FeedPointer,
   FileRef,
   FullManifest,
-  fsyncDir,
   isLineFile,
   LinkEntry,
   Manifest,
@@ -36,9 +35,9 @@ import {
   sha256,
   sha256File,
   SourceEntry,
-  writeFileAtomic,
   writeTarGz,
 } from './bundle';
+import { fsyncPath, writeFileAtomic } from '../fsync';
 import { Envelope, isObject, loadPrivateKey, openEnvelope, signEnvelope, TrustedKey, UpdateRefusedError } from './sign';
 
 export interface PublishOptions {
@@ -116,14 +115,14 @@ export async function publish(opts: PublishOptions): Promise<PublishReport> {
     let arch: { sha256: string; size: number };
     try {
       arch = await writeTarGz(tmp, [...src.files, ...src.links], Math.floor(now.getTime() / 1000));
-      fsyncFile(tmp);
+      fsyncPath(tmp);
     } catch (err) {
       fs.rmSync(tmp, { force: true });
       throw err;
     }
     const archRel = `bundles/${serial}-${arch.sha256.slice(0, 16)}.tar.gz`;
     fs.renameSync(tmp, path.join(feedDir, archRel));
-    fsyncDir(path.join(feedDir, 'bundles'));
+    fsyncPath(path.join(feedDir, 'bundles'));
     const unpackedSize = files.reduce((s, f) => s + f.size, 0);
     manifest = {
       type: 'gardefou-manifest', format: 1, kind: 'full', serial, created, expires, keyids,
@@ -203,15 +202,6 @@ function readPolicy(file: string): Buffer {
 
 function isoSeconds(d: Date): string {
   return new Date(Math.floor(d.getTime() / 1000) * 1000).toISOString().replace('.000Z', 'Z');
-}
-
-function fsyncFile(file: string): void {
-  const fd = fs.openSync(file, 'r+');
-  try {
-    fs.fsyncSync(fd);
-  } finally {
-    fs.closeSync(fd);
-  }
 }
 
 /** Highest serial ever published into this folder (pointer and manifest names): the next one is +1. */

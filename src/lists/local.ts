@@ -26,7 +26,7 @@ import { loadLists, LoadedLists } from './load';
 import { parsePolicy, PolicySpec } from '../policy/policy-file';
 import type { Target } from '../policy/types';
 import { isObject } from './sign';
-import { writeFileAtomic } from './bundle';
+import { writeFileAtomic } from '../fsync';
 
 type Json = null | boolean | number | string | Json[] | { [k: string]: Json };
 

@@ -19,6 +19,7 @@
  */
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
+import { writeFileSynced } from '../fsync';
 import { errorMessage, GardefouError, InputError } from '../errors';
 
 export const PAYLOAD_TYPES = ['gardefou-feed', 'gardefou-manifest'] as const;
@@ -86,21 +87,10 @@ export function generateKeyPair(dir: string): { keyFile: string; pubFile: string
   const { privateKey, publicKey } = crypto.generateKeyPairSync('ed25519');
   const keyPem = privateKey.export({ type: 'pkcs8', format: 'pem' }) as string;
   const pubPem = publicKey.export({ type: 'spki', format: 'pem' }) as string;
-  // 'wx': never follow or reuse an existing file; mode applies at creation (umask may only narrow it)
-  writeSynced(keyFile, keyPem, 0o600);
-  fs.chmodSync(keyFile, 0o600);
-  writeSynced(pubFile, pubPem, 0o644);
+  // 'wx': never follow or reuse an existing file; the private key gets exactly 0600
+  writeFileSynced(keyFile, keyPem, 0o600, { exactMode: true });
+  writeFileSynced(pubFile, pubPem, 0o644);
   return { keyFile, pubFile, keyid: keyId(publicKey) };
-}
-
-function writeSynced(file: string, text: string, mode: number): void {
-  const fd = fs.openSync(file, 'wx', mode);
-  try {
-    fs.writeSync(fd, text);
-    fs.fsyncSync(fd);
-  } finally {
-    fs.closeSync(fd);
-  }
 }
 
 export function loadPrivateKey(file: string): { key: crypto.KeyObject; keyid: string } {

@@ -50,7 +50,6 @@ import {
   FeedPointer,
   FileRef,
   FullManifest,
-  fsyncDir,
   Manifest,
   parseDeltaBody,
   parseFeed,
@@ -58,8 +57,8 @@ import {
   POLICY_PATH,
   readTarStrict,
   sha256,
-  writeFileAtomic,
 } from './bundle';
+import { fsyncPath, writeFileAtomic, writeFileSynced } from '../fsync';
 import { createPolicyEngine } from '../policy/engine';
 import { loadLists } from './load';
 import { compileLists } from './compile';
@@ -567,7 +566,7 @@ export class UpdateAgent extends EventEmitter {
       for (const [p, content] of changed) {
         const file = path.join(tree, p);
         mkdirp(path.dirname(file), dirs);
-        writeSync(file, content);
+        writeFileSynced(file, content, 0o644);
       }
       await this.phase('unpacked', top.serial);
     }
@@ -610,7 +609,7 @@ export class UpdateAgent extends EventEmitter {
     fs.rmSync(link, { force: true });
     fs.symlinkSync(path.join('versions', name), link);
     fs.renameSync(link, path.join(this.stateDir, 'current'));
-    fsyncDir(this.stateDir);
+    fsyncPath(this.stateDir);
     await this.phase('switched', top.serial);
     this.log.info({ serial: top.serial, kind: top.kind, base: full.serial, keyid: version.keyid.slice(0, 16) }, 'new lists in force');
     this.cleanup(readCurrent(this.stateDir), running?.name ?? null);
@@ -756,30 +755,11 @@ function mkdirp(dir: string, dirs: Set<string>): void {
   for (let d = dir; !dirs.has(d) && d.length > 1; d = path.dirname(d)) dirs.add(d);
 }
 
-function writeSync(file: string, data: Buffer): void {
-  const fd = fs.openSync(file, 'wx', 0o644);
-  try {
-    fs.writeSync(fd, data);
-    fs.fsyncSync(fd);
-  } finally {
-    fs.closeSync(fd);
-  }
-}
-
-function fsyncPath(file: string): void {
-  const fd = fs.openSync(file, 'r');
-  try {
-    fs.fsyncSync(fd);
-  } finally {
-    fs.closeSync(fd);
-  }
-}
-
 /** fsync every folder created for a version, deepest first, so every entry is durable. */
 function fsyncTree(_vdir: string, dirs: Set<string>): void {
   for (const d of [...dirs].sort((a, b) => b.length - a.length)) {
     try {
-      fsyncDir(d);
+      fsyncPath(d);
     } catch {
       // a folder outside the version (parents) may be read-only: its entries did not change
     }

@@ -25,6 +25,7 @@ import * as tls from 'node:tls';
 import forge from 'node-forge';
 import type { Config } from '../config';
 import { GardefouError, InputError, errorMessage } from '../errors';
+import { replaceFile } from '../fsync';
 
 export const CA_CERT_FILE = 'ca.crt';
 export const CA_KEY_FILE = 'ca.key';
@@ -326,21 +327,11 @@ function randomSerial(): string {
   return b.toString('hex');
 }
 
-/** Writes `text` to `file` via a temp file created with `mode`, fsync, rename. */
+/** Writes `text` to `file` via a temp file with exactly `mode`, fsync, rename. */
 function writeAtomic(file: string, text: string, mode: number): void {
-  const tmp = `${file}.tmp-${process.pid}`;
   try {
-    const fd = fs.openSync(tmp, 'w', mode);
-    try {
-      fs.fchmodSync(fd, mode); // exact mode whatever the umask
-      fs.writeSync(fd, text);
-      fs.fsyncSync(fd);
-    } finally {
-      fs.closeSync(fd);
-    }
-    fs.renameSync(tmp, file);
+    replaceFile(file, text, mode, { exactMode: true });
   } catch (err) {
-    try { fs.unlinkSync(tmp); } catch { /* not created */ }
     throw new InputError(`writing ${file}: ${errorMessage(err)}`);
   }
 }
