@@ -12,6 +12,7 @@ import { checkOperator } from './access';
 import { appendAudit, openAudit, readAudit, type AuditCheck } from './audit';
 import { criteriaJson, type Criteria, type LegalBasis } from './criteria';
 import { verifyExport, writeExport, type ExportCheck, type Manifest } from './export';
+import { attachIndex } from './index-db';
 import { listHolds, placeHold, releaseHolds, type Hold } from './holds';
 import { loadPublicKey, loadSigner, type Signer } from './keys';
 import { DEFAULT_CHUNK_ROWS, runPurge, type PurgeResult } from './purge';
@@ -67,14 +68,15 @@ function audited(cfg: JournalConfig, journalId: string, operator: string, req: R
   }
 }
 
-function read(db: Database.Database, c: Criteria, cfg: JournalConfig): Array<RecordRow & { blk: number | null }> {
-  return db.transaction(() => queryRecords(db, c, cfg.skewToleranceSeconds * 1000))() as Array<RecordRow & { blk: number | null }>;
+function read(db: Database.Database, journalId: string, c: Criteria, cfg: JournalConfig): Array<RecordRow & { blk: number | null }> {
+  const index = attachIndex(db, journalFiles(cfg.path, cfg.keyFile).index, journalId);
+  return db.transaction(() => queryRecords(db, c, cfg.skewToleranceSeconds * 1000, index))() as Array<RecordRow & { blk: number | null }>;
 }
 
 export function journalQuery(cfg: JournalConfig, req: Requisition, c: Criteria, format: string): RecordRow[] {
   const operator = checkOperator(cfg.path, cfg.operatorGroup);
   return withStore(cfg, true, (db, journalId) => {
-    const rows = read(db, c, cfg);
+    const rows = read(db, journalId, c, cfg);
     audited(cfg, journalId, operator, req, c, 'query', rows.length, { format });
     return rows;
   });
@@ -84,7 +86,7 @@ export function journalExport(cfg: JournalConfig, req: Requisition, c: Criteria,
   const operator = checkOperator(cfg.path, cfg.operatorGroup);
   const signer = requireSigner(cfg, 'export');
   return withStore(cfg, true, (db, journalId) => {
-    const rows = read(db, c, cfg);
+    const rows = read(db, journalId, c, cfg);
     audited(cfg, journalId, operator, req, c, 'export', rows.length, { out: outDir });
     return writeExport(db, signer, { ...req, operator, provider, journalId, criteria: c }, rows, outDir);
   });

@@ -67,19 +67,12 @@ export async function runPurgeChunked(
   const exists = db.prepare('SELECT 1 AS x FROM records WHERE id = ?');
   const drop = db.prepare('UPDATE blocks SET ids = NULL, leaves = NULL WHERE seq = ?');
   const target = o.targetChunkMs ?? 2;
-  // Pre-reading (see warm below): the row, then each index entry it owns, by its exact key.
-  const warmRow = db.prepare('SELECT day, client_ip, user, workstation, dest_host, egress_port, start_ms FROM records WHERE id = ?');
-  const probes: Array<[Database.Statement, 'client_ip' | 'user' | 'workstation' | 'dest_host' | 'egress_port']> = [
-    [db.prepare('SELECT 1 FROM records INDEXED BY rec_client WHERE day = ? AND client_ip = ? AND start_ms = ?').pluck(), 'client_ip'],
-    [db.prepare('SELECT 1 FROM records INDEXED BY rec_user WHERE day = ? AND user = ? AND start_ms = ?').pluck(), 'user'],
-    [db.prepare('SELECT 1 FROM records INDEXED BY rec_ws WHERE day = ? AND workstation = ? AND start_ms = ?').pluck(), 'workstation'],
-    [db.prepare('SELECT 1 FROM records INDEXED BY rec_host WHERE day = ? AND dest_host = ? AND start_ms = ?').pluck(), 'dest_host'],
-    [db.prepare('SELECT 1 FROM records INDEXED BY rec_egress WHERE day = ? AND egress_port = ? AND start_ms = ?').pluck(), 'egress_port'],
-  ];
-  type WarmRow = { day: number; client_ip: string; user: string | null; workstation: string | null; dest_host: string; egress_port: number | null; start_ms: number };
+  // Pre-reading (see warm below): the row's pages. The requisition indexes are in another file,
+  // trimmed by the indexer thread (index-db.ts), so a delete here touches `records` only.
+  const warmRow = db.prepare('SELECT id FROM records WHERE id = ?').pluck();
   const tick = () => new Promise<void>((resolve) => defer(resolve));
   /**
-   * A purged day is a month or a year old: its table and index pages are cold, and reading
+   * A purged day is a month or a year old: its table pages are cold, and reading
    * them inside the delete transaction made one chunk last 50 ms. So the pages of the next
    * chunk are read first, outside any write transaction, a few rows per turn (the writer's
    * batches run in between); the delete then runs on warm pages only.
@@ -90,11 +83,7 @@ export async function runPurgeChunked(
       const w0 = performance.now();
       const part = ids.slice(i, i + warmSize);
       i += part.length;
-      for (const id of part) {
-        const r = warmRow.get(id) as WarmRow | undefined;
-        if (!r) continue;
-        for (const [st, col] of probes) if (r[col] !== null) st.get(r.day, r[col], r.start_ms);
-      }
+      for (const id of part) warmRow.get(id);
       const dt = performance.now() - w0;
       if (dt > target) warmSize = Math.max(4, Math.floor((warmSize * target) / dt));
       else if (dt < target / 2) warmSize = Math.min(1024, warmSize * 2);

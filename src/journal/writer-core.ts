@@ -17,17 +17,37 @@ import { errorMessage } from '../errors';
 import { prepareAudit } from './audit';
 import { BLOCK_MAX, appendEvent, buildBlock, insertBlock, lastBlock, writeHead, type SealEntry } from './chain';
 import { loadOrCreateKey, type Signer } from './keys';
-import { applyClose, dayOf, leafOf, rowFromOpen, type RecordRow } from './record';
+import { dayOf, leafOf, type RecordRow } from './record';
 import { JournalError, getMeta, journalFiles, openStore, setMeta, type JournalFiles } from './store';
-import type { JournalClose, JournalOpen } from './types';
+import type { JournalClose, JournalDecision, JournalOpen, JournalProtocol } from './types';
 
 export const SEAL_MS = 1000;
 
-/** Operations sent by the proxy side, in order. */
-export type Op =
-  | { k: 0; id: number; open: JournalOpen }
-  | { k: 1; id: number; destIp: string | null; egressIp: string | null; egressPort: number | null }
-  | { k: 2; id: number; close: JournalClose };
+/**
+ * Operations sent by the proxy side, in order, as flat tuples: a batch crosses the thread
+ * boundary as one JSON string, and positional arrays parse in about half the time of objects
+ * with named fields (and leave less garbage) on the writer's hot path.
+ *   [0, id, ref, startMs, clientIp, clientPort, user, workstation, protocol, method,
+ *    destHost, destPort, decision, reason, profile, category, listSerial]        begin
+ *   [1, id, destIp, egressIp, egressPort]                                        connected
+ *   [2, id, endMs, destIp, egressIp, egressPort, status, bytesIn, bytesOut,
+ *    decision | null, reason | null]                                            finish
+ */
+export type BeginOp = [0, number, string, number, string, number, string | null, string | null, JournalProtocol, string,
+  string, number, JournalDecision, string, string | null, string | null, string | null];
+export type ConnectedOp = [1, number, string | null, string | null, number | null];
+export type FinishOp = [2, number, number, string | null, string | null, number | null, number | null, number, number, JournalDecision | null, string | null];
+export type Op = BeginOp | ConnectedOp | FinishOp;
+
+export function beginOp(id: number, o: JournalOpen): BeginOp {
+  return [0, id, o.ref, Math.trunc(o.startMs), o.clientIp, o.clientPort, o.user ?? null, o.workstation ?? null, o.protocol, o.method,
+    o.destHost, o.destPort, o.decision, o.reason, o.profile ?? null, o.category ?? null, o.listSerial ?? null];
+}
+
+export function finishOp(id: number, c: JournalClose): FinishOp {
+  return [2, id, Math.trunc(c.endMs), c.destIp, c.egressIp, c.egressPort, c.status, Math.trunc(c.bytesIn), Math.trunc(c.bytesOut),
+    c.decision ?? null, c.reason ?? null];
+}
 
 export interface CoreOptions {
   path: string;
@@ -151,31 +171,43 @@ export class WriterCore {
   }
 
   apply(op: Op): void {
-    if (op.k === 0) {
-      const row = rowFromOpen(op.id, op.open) as Row;
-      row.blk = null;
-      this.open.set(op.id, row);
+    const id = op[1];
+    if (op[0] === 0) {
+      const row: Row = {
+        id, blk: null, ref: op[2], start_ms: op[3], end_ms: null, client_ip: op[4], client_port: op[5], user: op[6], workstation: op[7],
+        egress_ip: null, egress_port: null, dest_host: op[10], dest_ip: null, dest_port: op[11], protocol: op[8], method: op[9],
+        decision: op[12], reason: op[13], profile: op[14], category: op[15], list_serial: op[16], status: null, bytes_in: 0, bytes_out: 0,
+      };
+      this.open.set(id, row);
       this.inserts.push(row);
       this.beginsInBatch++;
       return;
     }
-    const row = this.open.get(op.id);
+    const row = this.open.get(id);
     if (!row) return; // its begin failed (already reported), or a second finish
-    if (op.k === 1) {
-      if (op.destIp !== null) row.dest_ip = op.destIp;
-      if (op.egressIp !== null) row.egress_ip = op.egressIp;
-      if (op.egressPort !== null) row.egress_port = op.egressPort;
+    if (op[0] === 1) {
+      if (op[2] !== null) row.dest_ip = op[2];
+      if (op[3] !== null) row.egress_ip = op[3];
+      if (op[4] !== null) row.egress_port = op[4];
     } else {
-      applyClose(row, op.close);
-      this.open.delete(op.id);
-      this.finishedRows.set(op.id, row);
+      row.end_ms = op[2];
+      if (op[3] !== null) row.dest_ip = op[3];
+      if (op[4] !== null) row.egress_ip = op[4];
+      if (op[5] !== null) row.egress_port = op[5];
+      row.status = op[6];
+      row.bytes_in = op[7];
+      row.bytes_out = op[8];
+      if (op[9] !== null) row.decision = op[9];
+      if (op[10] !== null) row.reason = op[10];
+      this.open.delete(id);
+      this.finishedRows.set(id, row);
       const d = (row.end_ms ?? row.start_ms) - row.start_ms;
       if (d > this.maxDurationMs) {
         this.maxDurationMs = d;
         this.maxDurationDirty = true;
       }
     }
-    this.dirty.add(op.id);
+    this.dirty.add(id);
   }
 
   get pending(): number {

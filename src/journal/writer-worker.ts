@@ -7,8 +7,10 @@
  * arrives until it fires goes into one transaction. A purge runs one small chunk per turn of
  * this thread's event loop, so batches interleave with it (see purge.ts).
  */
+import * as path from 'node:path';
 import { Worker, parentPort, workerData } from 'node:worker_threads';
 import { errorMessage } from '../errors';
+import type { FromIndexer, IndexerInit } from './indexer-worker';
 import { runPurgeChunked, type PurgeResult } from './purge';
 import { SEAL_MS, WriterCore, type CommitResult, type CoreOptions, type Op } from './writer-core';
 
@@ -16,6 +18,8 @@ export interface WorkerInit {
   opts: CoreOptions;
   batchMs: number;
   retryMs: number;
+  /** how often the indexer looks for new records once caught up (ms) */
+  indexIdleMs: number;
 }
 
 export type ToWorker =
@@ -31,7 +35,7 @@ export interface ReadyInfo {
   fingerprint: string;
   recovered: number;
   keyCreated: boolean;
-  files: { db: string; key: string; pub: string; audit: string; head: string };
+  files: { db: string; key: string; pub: string; audit: string; head: string; index: string };
 }
 
 export type FromWorker =
@@ -41,6 +45,8 @@ export type FromWorker =
   | { t: 'health'; healthy: boolean; error: string | null }
   | { t: 'purged'; result: PurgeResult }
   | { t: 'purge-error'; message: string }
+  | { t: 'index'; watermark: number; caughtUp: boolean }
+  | { t: 'index-error'; message: string }
   | { t: 'closed'; ok: boolean; error: string | null };
 
 const port = parentPort;
@@ -95,10 +101,27 @@ function startCheckpointer(file: string): Worker {
   return w;
 }
 
+/** The requisition indexes are built by a thread of their own (indexer-worker.ts, index-db.ts). */
+function startIndexer(c: WriterCore, p: NonNullable<typeof port>): Worker {
+  const init2: IndexerInit = {
+    indexFile: c.files.index, journalFile: c.files.db, journalId: c.journalId, group: c.opts.operatorGroup,
+    stepRows: 20_000, idleMs: init.indexIdleMs, retryMs: 5000, purgeEveryMs: 3_600_000, stopBudgetMs: 1000,
+  };
+  const w = new Worker(path.join(__dirname, 'indexer-worker.js'), { workerData: init2 });
+  w.on('message', (m: FromIndexer) => {
+    if (m.t === 'indexed') p.postMessage({ t: 'index', watermark: m.watermark, caughtUp: m.caughtUp } satisfies FromWorker);
+    else if (m.t === 'index-error') p.postMessage({ t: 'index-error', message: m.message } satisfies FromWorker);
+  });
+  w.on('error', (err) => p.postMessage({ t: 'index-error', message: `indexer thread failed: ${err.message}` } satisfies FromWorker));
+  w.unref();
+  return w;
+}
+
 function start(c: WriterCore): void {
   const p = port!;
   c.db.pragma('wal_autocheckpoint = 0');
   const checkpointer = startCheckpointer(c.files.db);
+  const indexer = startIndexer(c, p);
   let batchTimer: NodeJS.Timeout | null = null;
   let sealTimer: NodeJS.Timeout | null = null;
   let retryTimer: NodeJS.Timeout | null = null;
@@ -171,10 +194,12 @@ function start(c: WriterCore): void {
       closing = true;
       for (const t of [batchTimer, sealTimer, retryTimer]) if (t) clearTimeout(t);
       checkpointer.postMessage('stop');
-      await new Promise<void>((resolve) => {
-        checkpointer.once('exit', () => resolve());
-        setTimeout(resolve, 2000).unref();
+      indexer.postMessage({ t: 'stop' });
+      const exited = (w: Worker, ms: number) => new Promise<void>((resolve) => {
+        w.once('exit', () => resolve());
+        setTimeout(resolve, ms).unref();
       });
+      await Promise.all([exited(checkpointer, 2000), exited(indexer, 3000)]);
       const r = c.close();
       post(r);
       p.postMessage({ t: 'closed', ok: r.ok, error: r.error ?? null } satisfies FromWorker);

@@ -17,7 +17,7 @@ import { GardefouError } from '../errors';
 import type { Logger } from '../log';
 import { DEFAULT_CHUNK_ROWS, type PurgeResult } from './purge';
 import type { JournalClose, JournalHandle, JournalOpen, JournalWriter } from './types';
-import type { Op } from './writer-core';
+import { beginOp, finishOp, type Op } from './writer-core';
 import type { FromWorker, ReadyInfo, ToWorker, WorkerInit } from './writer-worker';
 
 /** Raised by begin() when the journal cannot record: the proxy refuses the request (fail-closed). */
@@ -47,6 +47,10 @@ export interface JournalStats {
   purges: number;
   purgedRecords: number;
   lastPurge: PurgeResult | null;
+  /** requisition index (index-db.ts): records up to this id are indexed */
+  indexWatermark: number;
+  indexCaughtUp: boolean;
+  indexError: string | null;
 }
 
 interface Waiter {
@@ -59,6 +63,8 @@ interface Waiter {
 export interface OpenJournalOptions {
   /** delay between retries after a failed commit (default 1000 ms) */
   retryMs?: number;
+  /** how often the indexer looks for new records once caught up (default 500 ms) */
+  indexIdleMs?: number;
 }
 
 class Handle implements JournalHandle {
@@ -66,12 +72,12 @@ class Handle implements JournalHandle {
   constructor(private readonly j: Journal, readonly id: number) {}
   connected(info: { destIp: string | null; egressIp: string | null; egressPort: number | null }): void {
     if (this.done) return;
-    this.j.enqueue({ k: 1, id: this.id, destIp: info.destIp, egressIp: info.egressIp, egressPort: info.egressPort });
+    this.j.enqueue([1, this.id, info.destIp, info.egressIp, info.egressPort]);
   }
   finish(close: JournalClose): void {
     if (this.done) return;
     this.done = true;
-    this.j.enqueue({ k: 2, id: this.id, close });
+    this.j.enqueue(finishOp(this.id, close));
   }
 }
 
@@ -93,7 +99,7 @@ export class Journal extends EventEmitter implements JournalWriter {
   private readonly s: JournalStats = {
     healthy: true, lastError: null, queueDepth: 0, pendingBegins: 0, recordsWritten: 0, commits: 0, commitFailures: 0,
     lastCommitMs: 0, maxCommitMs: 0, lastBeginMs: 0, maxBeginMs: 0, blocksSealed: 0, unsealed: 0, purges: 0,
-    purgedRecords: 0, lastPurge: null,
+    purgedRecords: 0, lastPurge: null, indexWatermark: 0, indexCaughtUp: false, indexError: null,
   };
   private workerPending = 0;
   private exited = false;
@@ -124,7 +130,7 @@ export class Journal extends EventEmitter implements JournalWriter {
       return Promise.reject(new JournalDownError(this.closing ? 'journal is closing' : `journal cannot be written: ${this.s.lastError ?? 'unknown error'}`));
     }
     const id = this.nextId++;
-    this.enqueue({ k: 0, id, open });
+    this.enqueue(beginOp(id, open));
     return new Promise<JournalHandle>((resolve, reject) => {
       this.waiters.push({ id, t0: performance.now(), resolve, reject });
     });
@@ -185,6 +191,17 @@ export class Journal extends EventEmitter implements JournalWriter {
       }
       case 'health':
         this.setHealth(m.healthy, m.error);
+        break;
+      case 'index':
+        this.s.indexWatermark = m.watermark;
+        this.s.indexCaughtUp = m.caughtUp;
+        if (this.s.indexError !== null) this.log.info('journal index: updating again');
+        this.s.indexError = null;
+        break;
+      case 'index-error':
+        // the records are safe; only requisition queries get slower until it recovers
+        if (m.message !== this.s.indexError) this.log.error({ err: m.message }, 'journal index cannot be updated (records are kept; queries read them unindexed)');
+        this.s.indexError = m.message;
         break;
       case 'purged': {
         this.s.purges++;
@@ -294,6 +311,7 @@ export function openJournal(cfg: JournalConfig, log: Logger, opts: OpenJournalOp
     opts: { path: cfg.path, keyFile: cfg.keyFile, operatorGroup: cfg.operatorGroup, failOpen: cfg.failOpen },
     batchMs: cfg.batchMs,
     retryMs: opts.retryMs ?? 1000,
+    indexIdleMs: opts.indexIdleMs ?? 500,
   };
   const worker = new Worker(path.join(__dirname, 'writer-worker.js'), { workerData: init });
   return new Promise<Journal>((resolve, reject) => {

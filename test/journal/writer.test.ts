@@ -39,7 +39,7 @@ t.test('begin/connected/finish store every LEGAL.md field, and nothing else', as
   t.equal((db.prepare('SELECT count(*) AS n FROM blocks').get() as { n: number }).n, 1, 'close sealed one block');
   t.same((db.prepare('SELECT kind FROM events ORDER BY seq').all() as Array<{ kind: string }>).map((e) => e.kind), ['start', 'stop']);
   t.equal(db.pragma('journal_mode', { simple: true }), 'delete', 'rollback journal once stopped, so operators can read it without creating -shm');
-  t.equal(db.pragma('user_version', { simple: true }), 1, 'schema version recorded');
+  t.equal(db.pragma('user_version', { simple: true }), 2, 'schema version recorded');
   t.equal(fs.statSync(cfg.path).mode & 0o777, 0o640, 'journal file 0640');
   t.equal(fs.statSync(path.join(dir, 'journal.key')).mode & 0o777, 0o600, 'private key 0600');
   t.ok(fs.existsSync(path.join(dir, 'journal.pub')));
