@@ -102,9 +102,10 @@ export class IndexWriter {
     ];
     this.pendingStmts = [
       // pending rows that are final now (finished, or sealed as they were after a crash)
+      // (CROSS JOIN: the short pending list outside; SQLite would otherwise scan the records)
       this.db.prepare(`INSERT OR IGNORE INTO ix_egress SELECT r.day, r.egress_port, r.start_ms, r.id FROM pending p
-        JOIN ${JOURNAL_ALIAS}.records r ON r.id = p.id WHERE r.blk IS NOT NULL AND r.egress_port IS NOT NULL`),
-      this.db.prepare(`DELETE FROM pending WHERE id NOT IN (SELECT p.id FROM pending p JOIN ${JOURNAL_ALIAS}.records r ON r.id = p.id WHERE r.blk IS NULL)`),
+        CROSS JOIN ${JOURNAL_ALIAS}.records r ON r.id = p.id WHERE r.blk IS NOT NULL AND r.egress_port IS NOT NULL`),
+      this.db.prepare(`DELETE FROM pending WHERE id NOT IN (SELECT p.id FROM pending p CROSS JOIN ${JOURNAL_ALIAS}.records r ON r.id = p.id WHERE r.blk IS NULL)`),
     ];
     this.topStmt = this.db.prepare(`SELECT max(id) AS m FROM ${JOURNAL_ALIAS}.records`);
     this.setWatermark = this.db.prepare(`INSERT INTO meta(key, value) VALUES ('watermark', ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value`);

@@ -7,6 +7,8 @@
  *   tail      ids > watermark, not indexed yet: a rowid range of `records` (the last seconds)
  *   pending   ids <= watermark still open when indexed (their egress entry comes when final)
  * Without an index (missing, another journal's), `records` is scanned whole: correct, slower.
+ * CROSS JOIN fixes the join order (index or pending list outside, `records` by id inside):
+ * without statistics SQLite may otherwise scan `records` for the small pending list.
  *
  * "Egress ip:port at time T": the connection that held that port may have started long before
  * T, so the search goes back by the longest connection ever finished (meta.max_duration_ms)
@@ -75,12 +77,12 @@ export function planQuery(db: Database.Database, c: Criteria, skewMs: number, in
   return {
     parts: [
       {
-        sql: `SELECT r.* FROM ${INDEX_ALIAS}.${table} x JOIN records r ON r.id = x.id
+        sql: `SELECT r.* FROM ${INDEX_ALIAS}.${table} x CROSS JOIN records r ON r.id = x.id
           WHERE x.day IN (${days.join(',')}) AND x.${column} = ? AND ${startCond} AND x.id <= ? AND ${pred}`,
         params: [key, ...startParams, index.watermark, ...params],
       },
       { sql: `SELECT r.* FROM records r WHERE r.id > ? AND ${pred}`, params: [index.watermark, ...params] },
-      { sql: `SELECT r.* FROM ${INDEX_ALIAS}.pending p JOIN records r ON r.id = p.id WHERE ${pred}`, params },
+      { sql: `SELECT r.* FROM ${INDEX_ALIAS}.pending p CROSS JOIN records r ON r.id = p.id WHERE ${pred}`, params },
     ],
   };
 }
