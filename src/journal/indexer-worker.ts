@@ -1,6 +1,12 @@
 /**
- * Entry of the indexer thread, started by the writer thread (writer-worker.ts): keeps
- * NAME.index.db up to date with the journal (index-db.ts), off the append path.
+ * Entry of the journal's background thread, started by the writer thread (writer-worker.ts):
+ * keeps NAME.index.db up to date with the journal (index-db.ts), and checkpoints the journal's
+ * WAL, both off the append path. (One thread for both: each thread is a V8 isolate, ~10 MB.)
+ *
+ * Checkpoints: PASSIVE (they never take the write lock) every `checkpointEveryMs`, on a
+ * connection of their own, so the writer's commits never pay for copying the WAL into the
+ * database and fsyncing it (the writer connection has wal_autocheckpoint = 0), and they go on
+ * even when the index cannot be written.
  *
  * Loop: a step of up to `stepRows` records; again at once while behind, else after `idleMs`.
  * Every `purgeEveryMs`, entries of purged days are dropped. A failing step (disk full,
@@ -11,6 +17,7 @@
  * Messages out: { t: 'indexed', watermark, caughtUp }, { t: 'index-error', message }, { t: 'stopped' }.
  */
 import { parentPort, workerData } from 'node:worker_threads';
+import Database from 'better-sqlite3';
 import { errorMessage } from '../errors';
 import { IndexWriter } from './index-db';
 
@@ -24,6 +31,7 @@ export interface IndexerInit {
   retryMs: number;
   purgeEveryMs: number;
   stopBudgetMs: number;
+  checkpointEveryMs: number;
 }
 
 export type FromIndexer =
@@ -36,6 +44,26 @@ if (!port) throw new Error('indexer-worker must run as a worker thread');
 const init = workerData as IndexerInit;
 
 let writer: IndexWriter | null = null;
+let checkpointDb: Database.Database | null = null;
+
+function checkpoint(): void {
+  try {
+    if (checkpointDb === null) {
+      checkpointDb = new Database(init.journalFile, { fileMustExist: true });
+      checkpointDb.pragma('busy_timeout = 0');
+    }
+    checkpointDb.pragma('wal_checkpoint(PASSIVE)');
+  } catch {
+    // the journal is gone or busy: the writer reports its own health; try again next time
+    try {
+      checkpointDb?.close();
+    } catch {
+      // nothing to close
+    }
+    checkpointDb = null;
+  }
+}
+const checkpointTimer = setInterval(checkpoint, init.checkpointEveryMs);
 let timer: NodeJS.Timeout | null = null;
 let stopping = false;
 let lastPurge = 0;
@@ -75,6 +103,13 @@ function tick(): void {
 port.on('message', (m: { t: 'stop' }) => {
   if (m.t !== 'stop' || stopping) return;
   stopping = true;
+  clearInterval(checkpointTimer);
+  try {
+    checkpointDb?.close();
+  } catch {
+    // closing a journal whose file vanished
+  }
+  checkpointDb = null;
   if (timer) {
     clearTimeout(timer);
     clearImmediate(timer as unknown as NodeJS.Immediate);

@@ -71,41 +71,11 @@ try {
   port.postMessage({ t: 'init-error', message: errorMessage(err) } satisfies FromWorker);
 }
 
-/**
- * Checkpoints run in a thread of their own (PASSIVE: they never take the write lock), so the
- * writer's commits never pay for copying the WAL into the database and fsyncing it; the
- * writer connection has wal_autocheckpoint = 0.
- */
-function checkpointerSource(): string {
-  return `
-const { workerData, parentPort } = require('node:worker_threads');
-const Database = require(workerData.sqlite);
-let db = null;
-const tick = () => {
-  try {
-    if (!db) { db = new Database(workerData.path, { fileMustExist: true }); db.pragma('busy_timeout = 0'); }
-    db.pragma('wal_checkpoint(PASSIVE)');
-  } catch (err) {
-    try { if (db) db.close(); } catch {}
-    db = null;
-  }
-};
-const timer = setInterval(tick, workerData.everyMs);
-parentPort.on('message', () => { clearInterval(timer); try { if (db) db.close(); } catch {} parentPort.close(); });
-`;
-}
-
-function startCheckpointer(file: string): Worker {
-  const w = new Worker(checkpointerSource(), { eval: true, workerData: { path: file, everyMs: 200, sqlite: require.resolve('better-sqlite3') } });
-  w.unref();
-  return w;
-}
-
-/** The requisition indexes are built by a thread of their own (indexer-worker.ts, index-db.ts). */
+/** The requisition indexes and the WAL checkpoints run in a thread of their own (indexer-worker.ts). */
 function startIndexer(c: WriterCore, p: NonNullable<typeof port>): Worker {
   const init2: IndexerInit = {
     indexFile: c.files.index, journalFile: c.files.db, journalId: c.journalId, group: c.opts.operatorGroup,
-    stepRows: 20_000, idleMs: init.indexIdleMs, retryMs: 5000, purgeEveryMs: 3_600_000, stopBudgetMs: 1000,
+    stepRows: 20_000, idleMs: init.indexIdleMs, retryMs: 5000, purgeEveryMs: 3_600_000, stopBudgetMs: 1000, checkpointEveryMs: 200,
   };
   const w = new Worker(path.join(__dirname, 'indexer-worker.js'), { workerData: init2 });
   w.on('message', (m: FromIndexer) => {
@@ -120,7 +90,6 @@ function startIndexer(c: WriterCore, p: NonNullable<typeof port>): Worker {
 function start(c: WriterCore): void {
   const p = port!;
   c.db.pragma('wal_autocheckpoint = 0');
-  const checkpointer = startCheckpointer(c.files.db);
   const indexer = startIndexer(c, p);
   let batchTimer: NodeJS.Timeout | null = null;
   let sealTimer: NodeJS.Timeout | null = null;
@@ -193,13 +162,12 @@ function start(c: WriterCore): void {
     } else if (m.t === 'close') {
       closing = true;
       for (const t of [batchTimer, sealTimer, retryTimer]) if (t) clearTimeout(t);
-      checkpointer.postMessage('stop');
       indexer.postMessage({ t: 'stop' });
       const exited = (w: Worker, ms: number) => new Promise<void>((resolve) => {
         w.once('exit', () => resolve());
         setTimeout(resolve, ms).unref();
       });
-      await Promise.all([exited(checkpointer, 2000), exited(indexer, 3000)]);
+      await exited(indexer, 3000);
       const r = c.close();
       post(r);
       p.postMessage({ t: 'closed', ok: r.ok, error: r.error ?? null } satisfies FromWorker);
