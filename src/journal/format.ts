@@ -5,10 +5,16 @@
  */
 import { RECORD_COLUMNS, type RecordRow } from './record';
 
-const PARIS = new Intl.DateTimeFormat('en-GB', {
-  timeZone: 'Europe/Paris', year: 'numeric', month: '2-digit', day: '2-digit', hour: '2-digit', minute: '2-digit',
-  second: '2-digit', hourCycle: 'h23', timeZoneName: 'longOffset',
-});
+// built on first use: a formatter with a time zone loads ICU data (~10 ms), which `serve`
+// (importing this module through the CLI) would otherwise pay at every start
+let paris: Intl.DateTimeFormat | null = null;
+function parisFormat(): Intl.DateTimeFormat {
+  paris ??= new Intl.DateTimeFormat('en-GB', {
+    timeZone: 'Europe/Paris', year: 'numeric', month: '2-digit', day: '2-digit', hour: '2-digit', minute: '2-digit',
+    second: '2-digit', hourCycle: 'h23', timeZoneName: 'longOffset',
+  });
+  return paris;
+}
 
 export function utcIso(ms: number | null): string {
   return ms === null ? '' : new Date(ms).toISOString();
@@ -17,7 +23,7 @@ export function utcIso(ms: number | null): string {
 export function parisTime(ms: number | null): string {
   if (ms === null) return '';
   const p: Record<string, string> = {};
-  for (const part of PARIS.formatToParts(new Date(ms))) p[part.type] = part.value;
+  for (const part of parisFormat().formatToParts(new Date(ms))) p[part.type] = part.value;
   const off = (p['timeZoneName'] ?? 'GMT').replace('GMT', '') || '+00:00';
   const milli = String(((ms % 1000) + 1000) % 1000).padStart(3, '0');
   return `${p['year']}-${p['month']}-${p['day']} ${p['hour']}:${p['minute']}:${p['second']}.${milli}${off}`;

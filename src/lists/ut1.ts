@@ -25,7 +25,7 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import * as tar from 'tar';
+import type * as Tar from 'tar';
 import { InputError, errorMessage } from '../errors';
 import { hashBytesLower } from '../policy/hash';
 import type { IndexBuilder } from '../policy/index-builder';
@@ -107,6 +107,8 @@ const LIST_FILE = /^(domains|urls|expressions|usage)(\.\d+)?$/;
 async function readTarball(file: string): Promise<Tree> {
   const raw = new Map<string, Buffer>();
   const rawLinks = new Map<string, string>();
+  // loaded here, not at the top: `serve` reads compiled indexes and never needs it at start
+  const tar = require('tar') as typeof Tar;
   try {
     await tar.t({
       file,
