@@ -78,6 +78,7 @@ async function benchAppend(): Promise<void> {
     beginLatencyMs: { p50: +(lat[Math.floor(lat.length / 2)] ?? 0).toFixed(1), p99: +(lat[Math.floor(lat.length * 0.99)] ?? 0).toFixed(1), max: +(lat[lat.length - 1] ?? 0).toFixed(1) },
     eventLoopDelayMs: { p99: +(loop.percentile(99) / 1e6).toFixed(1), max: +(loop.max / 1e6).toFixed(1) },
     bytesPerRecord: Math.round(fs.statSync(path.join(dir, 'append.db')).size / done),
+    peakRssMiB: Math.round(process.resourceUsage().maxRSS / 1024),
   });
 }
 

@@ -77,7 +77,8 @@ function startIndexer(c: WriterCore, p: NonNullable<typeof port>): Worker {
     indexFile: c.files.index, journalFile: c.files.db, journalId: c.journalId, group: c.opts.operatorGroup,
     stepRows: 20_000, idleMs: init.indexIdleMs, retryMs: 5000, purgeEveryMs: 3_600_000, stopBudgetMs: 1000, checkpointEveryMs: 200,
   };
-  const w = new Worker(path.join(__dirname, 'indexer-worker.js'), { workerData: init2 });
+  // a small young generation: this thread allocates little, and its heap is resident memory
+  const w = new Worker(path.join(__dirname, 'indexer-worker.js'), { workerData: init2, resourceLimits: { maxYoungGenerationSizeMb: 4 } });
   w.on('message', (m: FromIndexer) => {
     if (m.t === 'indexed') p.postMessage({ t: 'index', watermark: m.watermark, caughtUp: m.caughtUp } satisfies FromWorker);
     else if (m.t === 'index-error') p.postMessage({ t: 'index-error', message: m.message } satisfies FromWorker);

@@ -306,6 +306,12 @@ export class Journal extends EventEmitter implements JournalWriter {
  * and starts the writer thread. Rejects with a GARDEFOU_JOURNAL error naming the file when the
  * journal cannot be opened.
  */
+/**
+ * Young generation of the writer thread, MiB. Its garbage is per batch (parsed ops, bound
+ * parameters); V8's default would let it grow to tens of MiB of resident memory under load.
+ */
+const YOUNG_MB = 8;
+
 export function openJournal(cfg: JournalConfig, log: Logger, opts: OpenJournalOptions = {}): Promise<Journal> {
   const init: WorkerInit = {
     opts: { path: cfg.path, keyFile: cfg.keyFile, operatorGroup: cfg.operatorGroup, failOpen: cfg.failOpen },
@@ -313,7 +319,7 @@ export function openJournal(cfg: JournalConfig, log: Logger, opts: OpenJournalOp
     retryMs: opts.retryMs ?? 1000,
     indexIdleMs: opts.indexIdleMs ?? 500,
   };
-  const worker = new Worker(path.join(__dirname, 'writer-worker.js'), { workerData: init });
+  const worker = new Worker(path.join(__dirname, 'writer-worker.js'), { workerData: init, resourceLimits: { maxYoungGenerationSizeMb: YOUNG_MB } });
   return new Promise<Journal>((resolve, reject) => {
     const onMsg = (m: FromWorker) => {
       if (m.t === 'ready') {
