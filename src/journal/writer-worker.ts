@@ -3,8 +3,9 @@
  * Messages out: ready / init-error, commit results (the proxy side settles begin() promises in
  * order from them), health changes, purge results, closed, log lines.
  *
- * Group commit: the first op after an idle period arms a `batchMs` timer; everything that
- * arrives until it fires goes into one transaction. A purge runs one small chunk per turn of
+ * Group commit: the proxy side gathers ops for `batchMs` and posts them as one message (see
+ * writer.ts); this thread commits what it has received at the next turn of its event loop, so
+ * messages that arrived during a long commit (a slow fsync) go into one transaction together. A purge runs one small chunk per turn of
  * this thread's event loop, so batches interleave with it (see purge.ts).
  */
 import * as path from 'node:path';
@@ -16,7 +17,6 @@ import { SEAL_MS, WriterCore, type CommitResult, type CoreOptions, type Op } fro
 
 export interface WorkerInit {
   opts: CoreOptions;
-  batchMs: number;
   retryMs: number;
   /** how often the indexer looks for new records once caught up (ms) */
   indexIdleMs: number;
@@ -142,7 +142,7 @@ function start(c: WriterCore): void {
   p.on('message', async (m: ToWorker) => {
     if (m.t === 'ops') {
       for (const op of JSON.parse(m.json) as Op[]) c.apply(op);
-      if (!batchTimer && !closing) batchTimer = setTimeout(flush, init.batchMs);
+      if (!batchTimer && !closing) batchTimer = setTimeout(flush, 0);
     } else if (m.t === 'purge') {
       if (purging) {
         p.postMessage({ t: 'purge-error', message: 'a purge is already running' } satisfies FromWorker);
