@@ -512,8 +512,8 @@ export interface GardefouMetrics {
   request(decision: string, category: string | null, profile: string | null, bytesIn: number, bytesOut: number): void;
   /** Bytes only (e.g. periodically for a long tunnel, then request(..., 0, 0) at its end). */
   bytes(decision: string, bytesIn: number, bytesOut: number): void;
-  /** Duration of one request ('http') or tunnel ('connect'), seconds. */
-  requestDuration(protocol: 'http' | 'connect', seconds: number): void;
+  /** Duration of one request ('http'; 'https': inside an intercepted tunnel) or tunnel ('connect'), seconds. */
+  requestDuration(protocol: 'http' | 'connect' | 'https', seconds: number): void;
   /** One journal group commit took `seconds`. */
   journalCommit(seconds: number): void;
   /** Records the journal could not keep (must stay 0: the law's record). */

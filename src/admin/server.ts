@@ -8,14 +8,17 @@ import { parseHostPort } from '../config/hostport';
 import type { JournalWriter } from '../journal/types';
 import type { UpdateStatus } from '../lists/update';
 import type { Logger } from '../log';
-import type { ProxyServer } from '../proxy/server';
+import type { PolicyEngine } from '../policy/types';
 
 export interface AdminDeps {
-  proxy: ProxyServer;
+  /** the proxy (ProxyServer), or in a cluster primary a view of the lists its workers loaded */
+  proxy: { readonly policy: Pick<PolicyEngine, 'describe' | 'listSerial'> };
   journal: JournalWriter;
   log: Logger;
-  /** Prometheus text of /metrics */
-  metrics?: { render(): string; contentType: string } | null;
+  /** Prometheus text of /metrics (a cluster primary collects it from its workers: a promise) */
+  metrics?: { render(): string | Promise<string>; contentType: string } | null;
+  /** more /status fields (a cluster primary: its workers) */
+  extraStatus?: (() => Record<string, unknown>) | null;
   /** the DASEN update agent's status, when a feed is configured */
   updateStatus?: (() => UpdateStatus) | null;
 }
@@ -45,6 +48,7 @@ export class AdminServer {
       lists: { ...policy.describe(), serial: policy.listSerial },
       journal: { healthy: this.deps.journal.healthy },
       update: this.deps.updateStatus ? this.deps.updateStatus() : null,
+      ...(this.deps.extraStatus ? this.deps.extraStatus() : {}),
     };
   }
 
@@ -60,8 +64,14 @@ export class AdminServer {
       res.writeHead(healthy ? 200 : 503, { 'content-type': 'application/json', 'cache-control': 'no-store' }).end(body);
       return;
     }
-    if (path === '/metrics' && this.deps.metrics) {
-      res.writeHead(200, { 'content-type': this.deps.metrics.contentType, 'cache-control': 'no-store' }).end(this.deps.metrics.render());
+    const metrics = this.deps.metrics;
+    if (path === '/metrics' && metrics) {
+      Promise.resolve().then(() => metrics.render()).then(
+        (text) => res.writeHead(200, { 'content-type': metrics.contentType, 'cache-control': 'no-store' }).end(text),
+        (err: Error) => {
+          this.deps.log.error({ err: err.message }, 'rendering /metrics failed');
+          res.writeHead(500, { 'content-type': 'text/plain' }).end('metrics unavailable\n');
+        });
       return;
     }
     if (path === '/status') {

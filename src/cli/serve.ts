@@ -19,6 +19,11 @@ import { loadPolicyEngine } from '../lists/load';
 import type { PolicyEngine } from '../policy/types';
 import type { ProxyObserver } from '../proxy/context';
 import { ProxyServer } from '../proxy/server';
+import * as os from 'node:os';
+import { runPrimary } from '../cluster/primary';
+import { workerCount } from '../cluster/protocol';
+import { watchIndexFile } from '../lists/watch';
+import { serialised } from '../serialised';
 
 export interface ServeFlags {
   config?: string;
@@ -27,6 +32,7 @@ export interface ServeFlags {
   journal?: string;
   hosts?: string;
   policy?: string;
+  workers?: string;
 }
 
 export function register(program: Command): void {
@@ -39,6 +45,7 @@ export function register(program: Command): void {
     .option('--policy <file>', 'policy file: profiles, clients, local entries (overrides config "policy")')
     .option('--journal <path>', 'journal database file (overrides config "journal.path")')
     .option('--hosts <file>', 'hosts-file override for upstream name resolution (overrides config "hosts")')
+    .option('--workers <n>', 'proxy processes: a number >= 1 or "auto" (one per core from 4 cores, else 1; overrides config "workers")')
     .action(async (flags: ServeFlags) => {
       await serve(flags);
     });
@@ -66,6 +73,12 @@ export function configFromFlags(flags: ServeFlags): Config {
   if (flags.policy) cfg.policy = path.resolve(flags.policy);
   if (flags.journal) cfg.journal.path = path.resolve(flags.journal);
   if (flags.hosts) cfg.hosts = path.resolve(flags.hosts);
+  if (flags.workers !== undefined) {
+    const n = Number(flags.workers);
+    if (flags.workers === 'auto') cfg.workers = 'auto';
+    else if (/^[0-9]+$/.test(flags.workers) && n >= 1 && n <= 1024) cfg.workers = n;
+    else throw new ConfigError(`flag --workers: expected "auto" or an integer from 1 to 1024, got "${flags.workers}"`);
+  }
   return validateConfig(cfg, origin);
 }
 
@@ -93,8 +106,11 @@ export async function serve(flags: ServeFlags): Promise<void> {
   }
   fs.mkdirSync(path.dirname(cfg.journal.path), { recursive: true });
   const journal = await openJournal(cfg.journal, log);
+  // workers: 1 is the one-process proxy below; more: src/cluster (the journal stays here)
+  const workers = workerCount(cfg.workers, () => os.availableParallelism());
   try {
-    await run(flags, cfg, log, journal);
+    if (workers > 1) await runPrimary({ config: cfg, workers, log, journal, reloadConfig: () => configFromFlags(flags), policySources });
+    else await run(flags, cfg, log, journal);
   } catch (err) {
     // a start that fails (lists, a port in use...) must not leave the journal's threads
     // keeping the process alive: close it, then report
@@ -167,61 +183,30 @@ async function run(flags: ServeFlags, initial: Config, log: Logger, journal: Jou
   }, 'ready');
 
   // One reload at a time; a signal arriving during a reload queues exactly one more.
-  let reloading: Promise<void> | null = null;
-  let reloadAgain = false;
-  const reload = (why: string): void => {
-    if (reloading) {
-      reloadAgain = true;
-      return;
-    }
-    reloading = (async () => {
-      try {
-        const next = configFromFlags(flags);
-        if (agent) {
-          // look at the feed now (a technician's `systemctl reload`, or the update timer), then
-          // compose the school's local entries, which may have changed, with the bundle again
-          await agent.checkNow();
-          await agent.recomposeLocal();
-        }
-        const nextPolicy = await loadPolicy(next, log);
-        proxy.reconfigure(next);
-        proxy.setPolicy(nextPolicy);
-        if (JSON.stringify(next.listen) !== JSON.stringify(cfg.listen)) log.warn('listen addresses changed: restart to apply them');
-        if (next.lists !== cfg.lists) watchIndex(next.lists);
-        cfg = next;
-        log.info({ why, ...nextPolicy.describe(), serial: nextPolicy.listSerial }, 'reloaded');
-      } catch (err) {
-        log.error({ why, err: errorMessage(err) }, 'reload failed; keeping the configuration and lists in force');
-      }
-    })().finally(() => {
-      reloading = null;
-      if (reloadAgain) {
-        reloadAgain = false;
-        reload(why);
-      }
-    });
-  };
-
-  // A compiled index file is watched: replacing it (rename over) swaps the lists in, as SIGHUP.
-  let watched: string | null = null;
-  const onIndexChange = (cur: fs.Stats, prev: fs.Stats) => {
-    if (cur.ino !== prev.ino || cur.mtimeMs !== prev.mtimeMs || cur.size !== prev.size) reload('index file changed');
-  };
-  const watchIndex = (lists: string) => {
-    if (watched !== null) fs.unwatchFile(watched, onIndexChange);
-    watched = null;
-    let isFile = false;
+  const reload = serialised(async (why: string) => {
     try {
-      isFile = fs.statSync(lists).isFile() && !/\.(tar\.gz|tgz)$/.test(lists);
-    } catch {
-      return;
+      const next = configFromFlags(flags);
+      if (agent) {
+        // look at the feed now (a technician's `systemctl reload`, or the update timer), then
+        // compose the school's local entries, which may have changed, with the bundle again
+        await agent.checkNow();
+        await agent.recomposeLocal();
+      }
+      const nextPolicy = await loadPolicy(next, log);
+      proxy.reconfigure(next);
+      proxy.setPolicy(nextPolicy);
+      if (JSON.stringify(next.listen) !== JSON.stringify(cfg.listen)) log.warn('listen addresses changed: restart to apply them');
+      if (next.lists !== cfg.lists) indexWatcher.watch(next.lists);
+      cfg = next;
+      log.info({ why, ...nextPolicy.describe(), serial: nextPolicy.listSerial }, 'reloaded');
+    } catch (err) {
+      log.error({ why, err: errorMessage(err) }, 'reload failed; keeping the configuration and lists in force');
     }
-    if (isFile) {
-      fs.watchFile(lists, { interval: 1000, persistent: false }, onIndexChange);
-      watched = lists;
-    }
-  };
-  watchIndex(cfg.lists);
+  });
+
+  // a compiled index file given as `lists` is watched: replacing it reloads, as SIGHUP
+  const indexWatcher = watchIndexFile(() => reload('index file changed'));
+  indexWatcher.watch(cfg.lists);
 
   let stopping = false;
   const stop = async (signal: string) => {
@@ -242,7 +227,7 @@ async function run(flags: ServeFlags, initial: Config, log: Logger, journal: Jou
     } finally {
       log.flush();
       process.off('SIGHUP', onHup);
-      if (watched !== null) fs.unwatchFile(watched, onIndexChange);
+      indexWatcher.close();
     }
   };
   const onHup = () => reload('SIGHUP');

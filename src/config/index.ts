@@ -29,6 +29,51 @@ export interface JournalConfig {
   batchMs: number;
 }
 
+export interface InterceptConfig {
+  /** the school CA (`gardefou ca init`); null: ca/ beside the journal */
+  caDir: string | null;
+  /** PEM files of extra roots trusted for upstream certificates, besides node's store (tests, a private PKI) */
+  upstreamCAs: string[];
+  /** leaf certificates kept in memory (LRU) */
+  maxCertificates: number;
+}
+
+/** LDAP directory for proxy authentication (docs/identity.md). */
+export interface LdapConfig {
+  url: string;
+  bindDn: string;
+  bindPasswordFile: string;
+  baseDn: string;
+  /** `{user}` is replaced by the RFC 4515-escaped user name */
+  userFilter: string;
+  /** attribute of the user entry listing its groups (memberOf), or null */
+  groupAttribute: string | null;
+  /** search for the user's groups (`{dn}`, `{user}` escaped), or null */
+  groupSearch: { baseDn: string; filter: string; nameAttribute: string } | null;
+  caFile: string | null;
+  timeoutMs: number;
+}
+
+/** Who is behind each connection: workstations, DHCP leases, proxy authentication. */
+export interface IdentityConfig {
+  /** isc-dhcp-server dhcpd.leases and/or dnsmasq lease files */
+  dhcpLeases: string[];
+  leasesRefreshSeconds: number;
+  /** first matching row decides; no row: identified by workstation (no login) */
+  subnets: Array<{ cidr: string; mode: 'authenticate' | 'workstation' }>;
+  realm: string;
+  htpasswd: string | null;
+  htgroups: string | null;
+  ldap: LdapConfig | null;
+  /** first row whose group the user is in gives the profile */
+  groupProfiles: Array<{ group: string; profile: string }>;
+  cacheTtlSeconds: number;
+  failureTtlSeconds: number;
+  cacheMaxEntries: number;
+  /** an `authenticate` subnet seen on a transparent listener (no 407 possible there) */
+  transparent: 'refuse' | 'workstation';
+}
+
 export interface LimitsConfig {
   maxHeaderBytes: number;
   headerTimeoutMs: number;
@@ -49,6 +94,7 @@ export interface Config {
   policy: string;
   blockPage: string;
   workstations: string | null;
+  identity: IdentityConfig;
   /** map of search/video hosts to their enforced-safe endpoints, used by profiles with safeSearch */
   safeSearch: string;
   /** listeners for traffic the firewall redirects (transparent mode): port-80 HTTP and port-443 TLS */
@@ -58,6 +104,10 @@ export interface Config {
   admin: { listen: string | null };
   update: { feed: string | null; trustedKeys: string[]; intervalSeconds: number; stateDir: string };
   limits: LimitsConfig;
+  /** optional TLS interception (what is intercepted is the policy's `intercept` section) */
+  intercept: InterceptConfig;
+  /** proxy processes (node:cluster): an integer >= 1, or 'auto' = the cores available; 1 = one process */
+  workers: number | 'auto';
 }
 
 /** Private and loopback ranges: who may use the proxy when nothing else is configured. */
@@ -84,6 +134,20 @@ export function defaultConfig(): Config {
     policy: rules('policy.json'),
     blockPage: rules('block-page.html'),
     workstations: null,
+    identity: {
+      dhcpLeases: [],
+      leasesRefreshSeconds: 5,
+      subnets: [],
+      realm: 'gardefou',
+      htpasswd: null,
+      htgroups: null,
+      ldap: null,
+      groupProfiles: [],
+      cacheTtlSeconds: 300,
+      failureTtlSeconds: 10,
+      cacheMaxEntries: 10_000,
+      transparent: 'refuse',
+    },
     safeSearch: rules('safesearch.json'),
     transparent: { http: [], tls: [] },
     logLevel: 'info',
@@ -97,6 +161,7 @@ export function defaultConfig(): Config {
       batchMs: 5,
     },
     admin: { listen: '127.0.0.1:3129' },
+    intercept: { caDir: null, upstreamCAs: [], maxCertificates: 1000 },
     update: { feed: null, trustedKeys: [], intervalSeconds: 300, stateDir: cwd('var/lists') },
     limits: {
       maxHeaderBytes: 16384,
@@ -105,6 +170,7 @@ export function defaultConfig(): Config {
       maxConnectionsPerClient: 256,
       shutdownGraceMs: 10_000,
     },
+    workers: 'auto',
   };
 }
 
@@ -153,10 +219,23 @@ export function applyConfig(base: Config, json: Json, baseDir: string, origin: s
       case 'blockPage': cfg.blockPage = v.path(value, key); break;
       case 'workstations': cfg.workstations = value === null ? null : v.path(value, key); break;
       case 'safeSearch': cfg.safeSearch = v.path(value, key); break;
+      case 'identity': cfg.identity = identityConfig(v, value, cfg.identity); break;
       case 'transparent': {
         for (const [k, x] of Object.entries(v.object(value, key))) {
           if (k === 'http' || k === 'tls') cfg.transparent[k] = v.list(x, `transparent.${k}`, (y, k2) => v.hostPort(y, k2));
           else v.unknown(`transparent.${k}`);
+        }
+        break;
+      }
+      case 'intercept': {
+        for (const [k, x] of Object.entries(v.object(value, key))) {
+          const kk = `intercept.${k}`;
+          switch (k) {
+            case 'caDir': cfg.intercept.caDir = x === null ? null : v.path(x, kk); break;
+            case 'upstreamCAs': cfg.intercept.upstreamCAs = v.list(x, kk, (y, k2) => v.path(y, k2)); break;
+            case 'maxCertificates': cfg.intercept.maxCertificates = v.int(x, kk, 1, 1_000_000); break;
+            default: v.unknown(kk);
+          }
         }
         break;
       }
@@ -211,10 +290,105 @@ export function applyConfig(base: Config, json: Json, baseDir: string, origin: s
         }
         break;
       }
+      case 'workers':
+        if (value === 'auto') cfg.workers = 'auto';
+        else if (typeof value === 'number' && Number.isInteger(value) && value >= 1 && value <= 1024) cfg.workers = value;
+        else v.fail(key, `expected "auto" or an integer from 1 to 1024, got ${v.show(value)}`);
+        break;
       default: v.unknown(key);
     }
   }
   return validateConfig(cfg, origin);
+}
+
+/** The `identity` section (docs/identity.md); every error names its key. */
+function identityConfig(v: Validator, value: Json, base: IdentityConfig): IdentityConfig {
+  const id = structuredClone(base);
+  for (const [k, x] of Object.entries(v.object(value, 'identity'))) {
+    const kk = `identity.${k}`;
+    switch (k) {
+      case 'dhcpLeases': id.dhcpLeases = v.list(x, kk, (y, k2) => v.path(y, k2)); break;
+      case 'leasesRefreshSeconds': id.leasesRefreshSeconds = v.int(x, kk, 1, 3600); break;
+      case 'subnets': id.subnets = v.list(x, kk, (y, k2) => {
+        const row = v.object(y, k2);
+        let cidr: string | null = null;
+        let mode: 'authenticate' | 'workstation' | null = null;
+        for (const [rk, rx] of Object.entries(row)) {
+          if (rk === 'cidr') cidr = v.cidr(rx, `${k2}.cidr`);
+          else if (rk === 'mode') mode = v.oneOf(rx, `${k2}.mode`, ['authenticate', 'workstation'] as const);
+          else v.unknown(`${k2}.${rk}`);
+        }
+        if (cidr === null || mode === null) v.fail(k2, 'expected {"cidr": "10.1.0.0/16", "mode": "authenticate" or "workstation"}');
+        return { cidr, mode };
+      }); break;
+      case 'realm':
+        id.realm = v.string(x, kk);
+        if (!/^[\x20-\x7e]{1,64}$/.test(id.realm) || /["\\]/.test(id.realm)) v.fail(kk, `expected up to 64 printable ASCII characters without " or \\, got ${v.show(x)}`);
+        break;
+      case 'htpasswd': id.htpasswd = x === null ? null : v.path(x, kk); break;
+      case 'htgroups': id.htgroups = x === null ? null : v.path(x, kk); break;
+      case 'ldap': id.ldap = x === null ? null : ldapConfig(v, x); break;
+      case 'groupProfiles': id.groupProfiles = v.list(x, kk, (y, k2) => {
+        const row = v.object(y, k2);
+        for (const rk of Object.keys(row)) if (rk !== 'group' && rk !== 'profile') v.unknown(`${k2}.${rk}`);
+        return { group: v.string(row['group'] ?? null, `${k2}.group`), profile: v.string(row['profile'] ?? null, `${k2}.profile`) };
+      }); break;
+      case 'cacheTtlSeconds': id.cacheTtlSeconds = v.int(x, kk, 0, 86400); break;
+      case 'failureTtlSeconds': id.failureTtlSeconds = v.int(x, kk, 0, 3600); break;
+      case 'cacheMaxEntries': id.cacheMaxEntries = v.int(x, kk, 1, 10_000_000); break;
+      case 'transparent': id.transparent = v.oneOf(x, kk, ['refuse', 'workstation'] as const); break;
+      default: v.unknown(kk);
+    }
+  }
+  if (id.subnets.some((s) => s.mode === 'authenticate') && id.htpasswd === null && id.ldap === null) {
+    v.fail('identity.subnets', 'a subnet must "authenticate" but neither identity.htpasswd nor identity.ldap is set');
+  }
+  if (id.htgroups !== null && id.htpasswd === null) v.fail('identity.htgroups', 'needs identity.htpasswd');
+  return id;
+}
+
+function ldapConfig(v: Validator, x: Json): LdapConfig {
+  const o = v.object(x, 'identity.ldap');
+  const out: LdapConfig = {
+    url: '', bindDn: '', bindPasswordFile: '', baseDn: '', userFilter: '(&(objectClass=person)(uid={user}))',
+    groupAttribute: null, groupSearch: null, caFile: null, timeoutMs: 5000,
+  };
+  for (const [k, y] of Object.entries(o)) {
+    const kk = `identity.ldap.${k}`;
+    switch (k) {
+      case 'url': {
+        out.url = v.string(y, kk);
+        if (!/^ldaps?:\/\/[^/?#\s]+\/?$/i.test(out.url)) v.fail(kk, `expected ldap://host[:port] or ldaps://host[:port], got ${v.show(y)}`);
+        break;
+      }
+      case 'bindDn': out.bindDn = v.string(y, kk); break;
+      case 'bindPasswordFile': out.bindPasswordFile = v.path(y, kk); break;
+      case 'baseDn': out.baseDn = v.string(y, kk); break;
+      case 'userFilter': out.userFilter = v.string(y, kk); break;
+      case 'groupAttribute': out.groupAttribute = y === null ? null : v.string(y, kk); break;
+      case 'groupSearch': {
+        if (y === null) { out.groupSearch = null; break; }
+        const g = v.object(y, kk);
+        for (const gk of Object.keys(g)) if (!['baseDn', 'filter', 'nameAttribute'].includes(gk)) v.unknown(`${kk}.${gk}`);
+        out.groupSearch = {
+          baseDn: v.string(g['baseDn'] ?? null, `${kk}.baseDn`),
+          filter: v.string(g['filter'] ?? null, `${kk}.filter`),
+          nameAttribute: g['nameAttribute'] === undefined ? 'cn' : v.string(g['nameAttribute'], `${kk}.nameAttribute`),
+        };
+        if (!out.groupSearch.filter.includes('{dn}') && !out.groupSearch.filter.includes('{user}')) v.fail(`${kk}.filter`, 'expected {dn} or {user} in the filter');
+        break;
+      }
+      case 'caFile': out.caFile = y === null ? null : v.path(y, kk); break;
+      case 'timeoutMs': out.timeoutMs = v.int(y, kk, 100, 60_000); break;
+      default: v.unknown(kk);
+    }
+  }
+  for (const req of ['url', 'bindDn', 'bindPasswordFile', 'baseDn'] as const) {
+    if (out[req] === '') v.fail(`identity.ldap.${req}`, 'required when identity.ldap is set');
+  }
+  if (!out.userFilter.includes('{user}')) v.fail('identity.ldap.userFilter', `expected {user} in the filter, got ${v.show(out.userFilter)}`);
+  if (!/^\(.*\)$/.test(out.userFilter)) v.fail('identity.ldap.userFilter', `expected a parenthesised LDAP filter, got ${v.show(out.userFilter)}`);
+  return out;
 }
 
 /** Whole-config checks (after overlays such as command-line flags). */

@@ -1,20 +1,21 @@
 /**
- * Who is the client. For now: the source IP, and a workstation name from a map file
- * (`workstations` config key) keyed by IP address or by MAC address. MAC addresses are found
- * in the kernel's neighbour table (/proc/net/arp), read at most every few seconds, never per
- * request. Later: DHCP leases, proxy authentication.
- *
- * Map file format, one entry a line, `#` comments:
- *   10.1.2.34          salle3-pc04
- *   3c:52:82:0a:1b:2c  cdi-portable-07
+ * Who is the client. Without proxy authentication (see authenticator.ts): the source IP, and a
+ * workstation (name, room, profile) from
+ *   1. the static map (`workstations` config key, map-file.ts) by IP,
+ *   2. the static map by MAC; the MAC comes from the DHCP lease of the IP when there is one,
+ *      else from the kernel's neighbour table (/proc/net/arp, read at most every few seconds),
+ *   3. the hostname of the DHCP lease of the IP (`identity.dhcpLeases`, leases.ts).
+ * The static map wins over the leases: the technician wrote it; a lease hostname is chosen by
+ * the client machine itself.
  */
 import * as fs from 'node:fs';
-import * as net from 'node:net';
-import { plainAddress } from '../config/cidr';
-import { InputError } from '../errors';
 import type { Client } from '../policy/types';
+import type { LeaseTable } from './leases';
+import { MAC_RE, normaliseMac, readWorkstationMap, type Workstation } from './map-file';
 
-const MAC_RE = /^[0-9a-f]{2}([:-][0-9a-f]{2}){5}$/i;
+export { type Workstation, parseWorkstationMap, readWorkstationMap } from './map-file';
+export { LeaseTable, parseLeases, parseIscLeases, parseDnsmasqLeases, type Lease } from './leases';
+
 const ARP_REFRESH_MS = 5000;
 
 export interface IdentityOptions {
@@ -24,14 +25,14 @@ export interface IdentityOptions {
 }
 
 export class Identity {
-  private readonly byIp: Map<string, string>;
-  private readonly byMac: Map<string, string>;
+  private readonly byIp: Map<string, Workstation>;
+  private readonly byMac: Map<string, Workstation>;
   private readonly arpFile: string;
   private readonly now: () => number;
   private macOfIp = new Map<string, string>();
   private arpReadAt = -Infinity;
 
-  constructor(byIp: Map<string, string> = new Map(), byMac: Map<string, string> = new Map(), opts: IdentityOptions = {}) {
+  constructor(byIp: Map<string, Workstation> = new Map(), byMac: Map<string, Workstation> = new Map(), opts: IdentityOptions = {}) {
     this.byIp = byIp;
     this.byMac = byMac;
     this.arpFile = opts.arpFile ?? '/proc/net/arp';
@@ -40,38 +41,31 @@ export class Identity {
 
   static fromFile(file: string | null, opts: IdentityOptions = {}): Identity {
     if (file === null) return new Identity(new Map(), new Map(), opts);
-    let text: string;
-    try {
-      text = fs.readFileSync(file, 'utf8');
-    } catch (err) {
-      throw new InputError(`reading workstations map ${file}: ${(err as Error).message}`);
-    }
-    const byIp = new Map<string, string>();
-    const byMac = new Map<string, string>();
-    const lines = text.split(/\r?\n/);
-    for (let i = 0; i < lines.length; i++) {
-      const line = (lines[i] ?? '').replace(/#.*/, '').trim();
-      if (line === '') continue;
-      const [key, name, extra] = line.split(/\s+/);
-      if (key !== undefined && name !== undefined && extra === undefined && net.isIP(key) !== 0) {
-        byIp.set(plainAddress(key), name);
-      } else if (key !== undefined && name !== undefined && extra === undefined && MAC_RE.test(key)) {
-        byMac.set(normaliseMac(key), name);
-      } else {
-        throw new InputError(`reading workstations map ${file} line ${i + 1}: expected "IP NAME" or "MAC NAME", got "${line.slice(0, 80)}"`);
-      }
-    }
-    return new Identity(byIp, byMac, opts);
+    const m = readWorkstationMap(file);
+    return new Identity(m.byIp, m.byMac, opts);
   }
 
-  /** The client as the policy and the journal see it. `ip` is already plain (no ::ffff:). */
-  identify(ip: string): Client {
-    let workstation = this.byIp.get(ip);
-    if (workstation === undefined && this.byMac.size > 0) {
-      const mac = this.macOf(ip);
-      if (mac !== undefined) workstation = this.byMac.get(mac);
+  /** The workstation entry of `ip` (see the order above), or undefined. */
+  workstationOf(ip: string, leases: LeaseTable | null = null): Workstation | undefined {
+    const w = this.byIp.get(ip);
+    if (w !== undefined) return w;
+    const lease = leases?.lookup(ip);
+    if (this.byMac.size > 0) {
+      const mac = lease?.mac ?? this.macOf(ip);
+      const byMac = mac === undefined || mac === null ? undefined : this.byMac.get(mac);
+      if (byMac !== undefined) return byMac;
     }
-    return { ip, workstation };
+    return lease?.hostname ? { name: lease.hostname } : undefined;
+  }
+
+  /**
+   * The client as the policy and the journal see it. `ip` is already plain (no ::ffff:). The
+   * map's profile, if any, is carried as `profile` (the policy uses it when it knows it).
+   */
+  identify(ip: string, leases: LeaseTable | null = null): Client {
+    const w = this.workstationOf(ip, leases);
+    if (w === undefined) return { ip, workstation: undefined };
+    return w.profile === undefined ? { ip, workstation: w.name } : { ip, workstation: w.name, profile: w.profile };
   }
 
   private macOf(ip: string): string | undefined {
@@ -81,10 +75,6 @@ export class Identity {
     }
     return this.macOfIp.get(ip);
   }
-}
-
-function normaliseMac(mac: string): string {
-  return mac.toLowerCase().replace(/-/g, ':');
 }
 
 /**

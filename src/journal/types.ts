@@ -4,7 +4,8 @@
  * Never a path, a query, a header or a body.
  */
 
-export type JournalProtocol = 'http' | 'connect';
+/** 'https': one request inside an intercepted CONNECT tunnel (stored as text like the others). */
+export type JournalProtocol = 'http' | 'connect' | 'https';
 /** allow: forwarded; block: refused by policy; refused: refused by the proxy itself (ACL, port,
  *  destination, bad request, journal down); error: forwarded but upstream failed. */
 export type JournalDecision = 'allow' | 'block' | 'refused' | 'error';

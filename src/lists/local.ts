@@ -30,7 +30,9 @@ import { writeFileAtomic } from '../fsync';
 
 type Json = null | boolean | number | string | Json[] | { [k: string]: Json };
 
-const DASEN_KEYS = ['version', 'timezone', 'schedules', 'dasen', 'profiles', 'defaultProfile'] as const;
+// intercept / noIntercept: which hosts TLS interception inspects is the supervising authority's
+// call when its bundle says; a school policy's own sections apply only when the bundle is silent
+const DASEN_KEYS = ['version', 'timezone', 'schedules', 'dasen', 'profiles', 'defaultProfile', 'intercept', 'noIntercept'] as const;
 const SCHOOL_KEYS = ['clients', 'local', 'localFile'] as const;
 
 export interface LocalRefusal {

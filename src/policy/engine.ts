@@ -9,7 +9,8 @@
  *
  * ORDER OF CHECKS (first that answers wins):
  *   1. host not in normalised form                        -> block  bad-host         (default)
- *   2. profile := first `clients` CIDR rule matching the client IP, else defaultProfile
+ *   2. profile := client.profile when the policy has it (identity: groups, workstation map),
+ *      else first `clients` CIDR rule matching the client IP, else defaultProfile
  *   3. profile has a schedule and `at` is outside it:
  *        outside = "block-all"                            -> block  schedule         (default)
  *        outside = another profile                        -> continue with that profile
@@ -206,7 +207,7 @@ export class Engine implements PolicyEngine {
   decide(target: Target, client: Client, at?: Date): Decision {
     const host = target.host;
     const serial = this.listSerial;
-    let p = this.profileFor(client.ip);
+    let p = (client.profile === undefined ? undefined : this.profiles.get(client.profile)) ?? this.profileFor(client.ip);
     // 1
     if (!isNormalisedHost(host)) return decision('block', Reason.badHost, p.name, null, null, null, 'default', serial);
     // 3
@@ -329,6 +330,56 @@ export class Engine implements PolicyEngine {
   describe(): { categories: number; domains: number; urls: number; expressions: number; source: string } {
     return { ...this.index.describe(), source: this.source };
   }
+
+  // --- TLS interception (policy keys intercept / noIntercept) -------------------------------
+  private icpt: InterceptState | null = null;
+
+  /** Whether the policy names anything to intercept (then the gateway needs its CA). */
+  get intercepting(): boolean {
+    return this.spec.intercept.domains.length > 0 || this.spec.intercept.categories.length > 0;
+  }
+
+  /**
+   * Whether an allowed CONNECT to `target` is to be decrypted and its requests decided one by
+   * one. Order: nothing named -> no; not allowed -> no (a block never opens anything); profile
+   * not in intercept.profiles -> no; noIntercept domain or category -> no (always wins);
+   * intercept domain or category (domain lists) -> yes; else no. Per CONNECT, not per request.
+   */
+  interceptFor(target: Target, _client: Client, decision: Decision): boolean {
+    if (!this.intercepting || decision.action !== 'allow') return false;
+    const spec = this.spec.intercept;
+    if (spec.profiles !== null && !spec.profiles.includes(decision.profile)) return false;
+    let st = this.icpt;
+    if (st === null) {
+      const mask = (names: readonly string[]): Uint32Array => {
+        const m = this.index.newMask();
+        for (const n of names) {
+          const c = this.index.categoryIndex(n);
+          if (c !== undefined) m[c >>> 5]! |= 1 << (c & 31);
+        }
+        return m;
+      };
+      st = this.icpt = {
+        yes: new EntrySet(spec.domains),
+        no: new EntrySet(spec.noIntercept.domains),
+        yesCats: mask(spec.categories),
+        noCats: mask(spec.noIntercept.categories),
+      };
+    }
+    const host = target.host;
+    if (st.no.match(host, '') !== null) return false;
+    const hits = this.index.collect(host);
+    if (hits > 0 && this.index.domainMatch(hits, st.noCats)) return false;
+    if (st.yes.match(host, '') !== null) return true;
+    return hits > 0 && this.index.domainMatch(hits, st.yesCats);
+  }
+}
+
+interface InterceptState {
+  yes: EntrySet;
+  no: EntrySet;
+  yesCats: Uint32Array;
+  noCats: Uint32Array;
 }
 
 function decision(

@@ -6,6 +6,7 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { PACKAGE_ROOT } from '../config';
 import { parseCidr } from '../config/cidr';
 import { ConfigError, errorMessage } from '../errors';
 import { parseEntry } from './entries';
@@ -51,7 +52,28 @@ export interface PolicySpec {
   profiles: Map<string, ProfileSpec>;
   clients: Array<{ cidr: string; profile: string }>;
   defaultProfile: string;
+  /** TLS interception: only what this names is ever decrypted (see InterceptSpec) */
+  intercept: InterceptSpec;
 }
+
+/**
+ * Policy keys `intercept` and `noIntercept`. A CONNECT is intercepted when the host is named by
+ * intercept.domains or one of intercept.categories (domain lists), the client's profile is in
+ * intercept.profiles (null: every profile), and nothing of noIntercept names it: noIntercept
+ * always wins. noIntercept includes the shipped defaults (UT1 `bank`, and the health,
+ * government, tax and update services of rules/lists/no_intercept/domains) unless
+ * `"default": false`.
+ */
+export interface InterceptSpec {
+  domains: Entry[];
+  categories: string[];
+  profiles: string[] | null;
+  noIntercept: { domains: Entry[]; categories: string[] };
+}
+
+/** Shipped never-intercepted services (UT1 domains format), read when the policy intercepts. */
+export const NO_INTERCEPT_DEFAULT_FILE = path.join(PACKAGE_ROOT, 'rules', 'lists', 'no_intercept', 'domains');
+export const NO_INTERCEPT_DEFAULT_CATEGORIES: readonly string[] = ['bank'];
 
 type Json = null | boolean | number | string | Json[] | { [k: string]: Json };
 
@@ -127,7 +149,7 @@ export function readPolicyFile(file: string): PolicySpec {
   return parsePolicy(json, file);
 }
 
-const TOP_KEYS = ['$comment', 'version', 'timezone', 'schedules', 'dasen', 'local', 'localFile', 'profiles', 'clients', 'defaultProfile'] as const;
+const TOP_KEYS = ['$comment', 'version', 'timezone', 'schedules', 'dasen', 'local', 'localFile', 'profiles', 'clients', 'defaultProfile', 'intercept', 'noIntercept'] as const;
 const PROFILE_KEYS = ['$comment', 'description', 'block', 'blockBlackUsage', 'allowCategories', 'whitelistOnly', 'allow', 'deny', 'schedule', 'outside', 'safeSearch'] as const;
 
 export function parsePolicy(json: Json, file: string): PolicySpec {
@@ -267,5 +289,61 @@ export function parsePolicy(json: Json, file: string): PolicySpec {
     });
   }
 
-  return { file, timezone, schedules, dasen, local, profiles, clients, defaultProfile };
+  const intercept = parseIntercept(v, top, profiles);
+  return { file, timezone, schedules, dasen, local, profiles, clients, defaultProfile, intercept };
+}
+
+function parseIntercept(v: V, top: { [k: string]: Json }, profiles: Map<string, ProfileSpec>): InterceptSpec {
+  const hostOnly = (x: Json, k: string): Entry => {
+    const e = v.entry(x, k);
+    if (e.path !== '/') v.fail(k, `interception is decided on the host alone; expected a domain without a path, got ${v.got(x)}`);
+    return e;
+  };
+  const spec: InterceptSpec = { domains: [], categories: [], profiles: null, noIntercept: { domains: [], categories: [] } };
+  if (top['intercept'] !== undefined) {
+    const o = v.object(top['intercept'], 'intercept', ['$comment', 'domains', 'categories', 'profiles']);
+    if (o['domains'] !== undefined) spec.domains = v.list(o['domains'], 'intercept.domains', hostOnly);
+    if (o['categories'] !== undefined) spec.categories = v.list(o['categories'], 'intercept.categories', (x, k) => v.category(x, k));
+    if (o['profiles'] !== undefined && o['profiles'] !== null) {
+      spec.profiles = v.list(o['profiles'], 'intercept.profiles', (x, k) => {
+        const name = v.string(x, k);
+        if (!profiles.has(name)) v.fail(k, `no profile named ${v.got(name)}`);
+        return name;
+      });
+    }
+  }
+  let useDefault = true;
+  if (top['noIntercept'] !== undefined) {
+    const o = v.object(top['noIntercept'], 'noIntercept', ['$comment', 'default', 'domains', 'categories']);
+    if (o['default'] !== undefined) useDefault = v.bool(o['default'], 'noIntercept.default');
+    if (o['domains'] !== undefined) spec.noIntercept.domains = v.list(o['domains'], 'noIntercept.domains', hostOnly);
+    if (o['categories'] !== undefined) spec.noIntercept.categories = v.list(o['categories'], 'noIntercept.categories', (x, k) => v.category(x, k));
+  }
+  // the shipped list is read only when something is intercepted: a policy without interception
+  // does not depend on it
+  if (useDefault && (spec.domains.length > 0 || spec.categories.length > 0)) {
+    spec.noIntercept.categories.push(...NO_INTERCEPT_DEFAULT_CATEGORIES);
+    spec.noIntercept.domains.push(...readDomainsFile(NO_INTERCEPT_DEFAULT_FILE, `policy ${v.file}: noIntercept.default`));
+  }
+  return spec;
+}
+
+/** A UT1 `domains` file (one name per line, `#` comments) as host entries. */
+export function readDomainsFile(file: string, what: string): Entry[] {
+  let text: string;
+  try {
+    text = fs.readFileSync(file, 'utf8');
+  } catch (err) {
+    throw new ConfigError(`${what}: reading ${file}: ${errorMessage(err)}`);
+  }
+  const out: Entry[] = [];
+  const lines = text.split(/\r?\n/);
+  for (let i = 0; i < lines.length; i++) {
+    const line = (lines[i] ?? '').trim();
+    if (line === '' || line.startsWith('#')) continue;
+    const e = parseEntry(line);
+    if (e === null || e.path !== '/') throw new ConfigError(`${what}: reading ${file} line ${i + 1}: expected a domain, got ${JSON.stringify(line.slice(0, 80))}`);
+    out.push({ host: e.host, path: e.path, text: line });
+  }
+  return out;
 }

@@ -19,6 +19,11 @@ export interface Client {
   readonly ip: string;
   readonly user?: string | undefined;
   readonly workstation?: string | undefined;
+  /**
+   * Profile named by identity (the user's groups, or the workstation map); used when the policy
+   * has a profile of that name, else the `clients` rules decide as for any IP.
+   */
+  readonly profile?: string | undefined;
 }
 
 /** Why a decision was taken: a small table of stable names (after AdGuard Home's reason.go). */
@@ -75,4 +80,12 @@ export interface PolicyEngine {
   safeSearch(profile: string): 'strict' | 'moderate' | null;
   /** Human description of what is loaded, for logs and `lists info`. */
   describe(): { categories: number; domains: number; urls: number; expressions: number; source: string };
+  /** Whether the policy names hosts or categories to intercept (TLS); then a CA is required. */
+  readonly intercepting: boolean;
+  /**
+   * Whether an allowed CONNECT is decrypted so each request inside is decided (`urls` and
+   * `expressions` apply to HTTPS). Only what the policy's `intercept` names, never what
+   * `noIntercept` names (banks, health, government, tax, updates by default).
+   */
+  interceptFor(target: Target, client: Client, decision: Decision): boolean;
 }

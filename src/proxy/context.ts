@@ -7,6 +7,8 @@ import type * as net from 'node:net';
 import type { Config } from '../config';
 import { CidrSet, plainAddress } from '../config/cidr';
 import type { Identity } from '../identity';
+import { LeaseTable } from '../identity/leases';
+import { Authenticator } from '../identity/authenticator';
 import type { JournalClose, JournalHandle, JournalOpen, JournalWriter } from '../journal/types';
 import type { Logger } from '../log';
 import type { Client, Decision, PolicyEngine, Target } from '../policy/types';
@@ -52,6 +54,10 @@ export class ProxyContext {
   /** text shown on the usage page: the first listener */
   publicAddress!: string;
   failOpenWarned = false;
+  /** proxy authentication (identity.subnets with "authenticate"), or null: nobody logs in */
+  authenticator: Authenticator | null = null;
+  /** DHCP leases (identity.dhcpLeases), or null */
+  leases: LeaseTable | null = null;
   observer: ProxyObserver | null = null;
   /** open connections per client address, across every listener (proxy and transparent) */
   private readonly perClient = new Map<string, number>();
@@ -79,6 +85,14 @@ export class ProxyContext {
       config.hosts === null ? null : readHostsFile(config.hosts),
     );
     const safeSearch = loadSafeSearch(config.safeSearch);
+    // identity: account files re-read here (SIGHUP), the credential cache starts empty
+    const authenticator = Authenticator.fromConfig(config.identity);
+    const leases = config.identity.dhcpLeases.length === 0 ? null : new LeaseTable(config.identity.dhcpLeases, {
+      refreshMs: config.identity.leasesRefreshSeconds * 1000,
+      warn: (msg) => this.log.warn(msg),
+    });
+    this.authenticator = authenticator;
+    this.leases = leases;
     this.config = config;
     this.safeSearch = safeSearch;
     this.clients = clients;
@@ -121,7 +135,7 @@ export class ProxyContext {
   }
 
   identify(ip: string): Client {
-    return this.identity.identify(ip);
+    return this.identity.identify(ip, this.leases);
   }
 
   /**

@@ -19,6 +19,7 @@ import { parseAbsoluteUrl } from '../policy/normalise';
 import type { Client, Decision, Target } from '../policy/types';
 import { ProxyContext, Refusal, RefusalCode, openRecord, refusalRecord, remotePort, SUBSTITUTED_REASON } from './context';
 import { addVia, stripHopByHop } from './headers';
+import { answerHttp, authStep } from './auth';
 import { headerBytes } from './http-server';
 import { infoPage, usagePage } from './pages';
 import { defaultProxyHostPort, isPacPath, PAC_CONTENT_TYPE, renderPac } from './pac';
@@ -60,13 +61,14 @@ export class HttpHandler {
     this.proxy.close();
   }
 
-  handle(req: http.IncomingMessage, res: http.ServerResponse): void {
+  /** `authed`: the client once proxy authentication passed (auth.ts), on the second pass */
+  handle(req: http.IncomingMessage, res: http.ServerResponse, authed?: Client): void {
     const ctx = this.ctx;
     const socket = req.socket;
     const ex: Exchange = {
       ref: newRef(),
       startMs: Date.now(),
-      client: ctx.identify(plainAddress(socket.remoteAddress ?? '')),
+      client: authed ?? ctx.identify(plainAddress(socket.remoteAddress ?? '')),
       clientPort: remotePort(req),
       readAtStart: socket.bytesRead,
       writtenAtStart: socket.bytesWritten,
@@ -87,6 +89,16 @@ export class HttpHandler {
     if (!ctx.clients.has(ex.client.ip)) {
       return this.refuse(req, res, ex, 403, Refusal.clientRefused, '', 0,
         infoPage('Accès refusé', "Ce poste n'est pas sur un réseau autorisé à utiliser ce proxy.", 'This computer is not on a network allowed to use this proxy.', ex.ref));
+    }
+    // proxy authentication (auth.ts): asynchronous, then this handler again with the user
+    const pending = authed === undefined && url.charCodeAt(0) !== 47 ? authStep(ctx, req, ex.client, ex.ref) : null;
+    if (pending !== null) {
+      void pending.then((o) => {
+        if (o.ok) return this.handle(req, res, o.client);
+        const t = /^http:\/\//i.test(url) ? parseAbsoluteUrl(url) : null;
+        answerHttp(ctx, res, o, { ...ex, method, host: t?.host ?? '', port: t?.port ?? 0 });
+      });
+      return;
     }
     if (url.charCodeAt(0) === 47 /* '/' */) {
       if ((method === 'GET' || method === 'HEAD') && isPacPath(url.split('?')[0] ?? '')) {

@@ -3,7 +3,7 @@
  * Request handling lives in http-handler.ts (absolute-form HTTP) and tunnel.ts (CONNECT).
  */
 import * as http from 'node:http';
-import type * as net from 'node:net';
+import * as net from 'node:net';
 import { TransparentTlsHandler, transparentHttpServer } from './transparent';
 import type { Config } from '../config';
 import { plainAddress } from '../config/cidr';
@@ -27,19 +27,34 @@ export interface ProxyOptions {
   identity: Identity;
   blockPage?: BlockPage;
   observer?: ProxyObserver | null;
+  /** cluster worker: listening sockets are shared through the primary (not `exclusive`) */
+  shareListeners?: boolean;
+  /**
+   * Admission before a connection reaches its listener (cluster workers: the gateway-wide
+   * per-client cap is counted by the primary). The socket stays paused until `done(true)`.
+   */
+  connectionGate?: ConnectionGate | null;
 }
+
+export type ConnectionGate = (socket: net.Socket, done: (admitted: boolean) => void) => void;
 
 export class ProxyServer {
   readonly ctx: ProxyContext;
   private readonly http: HttpHandler;
   private readonly tunnels: TunnelHandler;
   private readonly servers: net.Server[] = [];
+  /** gated listeners in front of `servers` (cluster workers) */
+  private readonly fronts: net.Server[] = [];
   private tls: TransparentTlsHandler | null = null;
   readonly transparentAddresses: Array<{ kind: 'http' | 'tls'; host: string; port: number }> = [];
   private inFlight = 0;
   private stopping = false;
+  private readonly exclusive: boolean;
+  private readonly gate: ConnectionGate | null;
 
   constructor(opts: ProxyOptions) {
+    this.exclusive = opts.shareListeners !== true;
+    this.gate = opts.connectionGate ?? null;
     this.ctx = new ProxyContext(opts.config, opts.policy, opts.journal, opts.log, opts.identity,
       opts.blockPage ?? BlockPage.fromFile(opts.config.blockPage));
     this.ctx.observer = opts.observer ?? null;
@@ -103,15 +118,33 @@ export class ProxyServer {
 
   private async bind(server: net.Server, spec: string): Promise<{ host: string; port: number }> {
     const { host, port } = parseHostPort(spec);
+    // with a gate, a paused front server listens and hands admitted sockets to the real one
+    const gate = this.gate;
+    const listener = gate === null ? server : net.createServer({ pauseOnConnect: true }, (socket) => {
+      socket.on('error', () => undefined);
+      gate(socket, (admitted) => {
+        if (!admitted || socket.destroyed) {
+          socket.destroy();
+          return;
+        }
+        server.emit('connection', socket);
+        socket.resume();
+      });
+    });
     await new Promise<void>((resolve, reject) => {
-      server.once('error', reject);
-      server.listen({ host, port, exclusive: true }, () => {
-        server.off('error', reject);
+      listener.once('error', reject);
+      listener.listen({ host, port, exclusive: this.exclusive }, () => {
+        listener.off('error', reject);
         resolve();
       });
     });
     this.servers.push(server);
-    const a = server.address() as net.AddressInfo;
+    if (listener !== server) {
+      this.fronts.push(listener);
+      // an http.Server starts its connection tracking (header timeout, idle close) on 'listening'
+      server.emit('listening');
+    }
+    const a = listener.address() as net.AddressInfo;
     return { host: a.address, port: a.port };
   }
 
@@ -159,7 +192,7 @@ export class ProxyServer {
    */
   async close(graceMs = this.ctx.config.limits.shutdownGraceMs): Promise<void> {
     this.stopping = true;
-    const closed = Promise.all(this.servers.map((s) => new Promise<void>((resolve) => s.close(() => resolve()))));
+    const closed = Promise.all([...this.fronts, ...this.servers].map((s) => new Promise<void>((resolve) => s.close(() => resolve()))));
     const httpServers = this.servers.filter((s): s is http.Server => s instanceof http.Server);
     const tunnelsOpen = () => this.tunnels.open.size + (this.tls?.open.size ?? 0);
     for (const s of httpServers) s.closeIdleConnections();

@@ -41,9 +41,11 @@ import { plainAddress } from '../config/cidr';
 import type { JournalOpen } from '../journal/types';
 import { normaliseHost } from '../policy/normalise';
 import type { Client, Decision, Target } from '../policy/types';
+import { AuthRefusal, markTransparent, refusedOnTransparent } from './auth';
 import { MAX_CLIENT_HELLO_BYTES, parseClientHello, type ClientHelloResult } from './clienthello';
 import { ProxyContext, Refusal, openRecord, refusalRecord, SUBSTITUTED_REASON } from './context';
 import { relay } from './relay';
+import { Interceptor } from './intercept';
 import { sendPage } from './http-handler';
 import { createHttpServer } from './http-server';
 import { infoPage } from './pages';
@@ -98,6 +100,11 @@ export function transparentHttpServer(
     if (!ctx.clients.has(plainAddress(req.socket.remoteAddress ?? ''))) {
       return refuse(403, Refusal.clientRefused, 'Accès refusé', "Ce poste n'est pas sur un réseau autorisé à utiliser ce proxy.", 'This computer is not on a network allowed to use this proxy.');
     }
+    // a subnet that must log in cannot here (no 407 without a configured proxy): auth.ts
+    if (refusedOnTransparent(ctx, plainAddress(req.socket.remoteAddress ?? ''))) {
+      return refuse(403, AuthRefusal.transparent, 'Configuration du proxy requise', 'Ce réseau demande de vous identifier : configurez le proxy de l’établissement dans votre navigateur.', 'This network requires you to log in: set the school proxy in your browser.');
+    }
+    markTransparent(req);
     const url = req.url ?? '';
     if (url.charCodeAt(0) !== 47 /* '/' */) {
       return refuse(400, Refusal.badUrl, 'Requête invalide', 'Requête inattendue pour un site web.', 'Unexpected request for a web site.');
@@ -235,6 +242,10 @@ export class TransparentTlsHandler {
       this.refuse(socket, c, Refusal.clientRefused, '');
       return;
     }
+    if (refusedOnTransparent(ctx, c.client.ip)) {
+      this.refuse(socket, c, AuthRefusal.transparent, '');
+      return;
+    }
     readClientHello(socket, this.opts.helloTimeoutMs ?? ctx.config.limits.headerTimeoutMs, (buf, r, why) => {
       this.onHello(socket, c, buf, r, why).catch((err: unknown) => {
         ctx.log.error({ ref: c.ref, err: (err as Error).message }, 'transparent tls failed');
@@ -309,6 +320,12 @@ export class TransparentTlsHandler {
     }
     if (socket.destroyed) {
       handle?.finish({ endMs: Date.now(), destIp, egressIp: null, egressPort: null, status: null, bytesIn: buf.length, bytesOut: 0 });
+      return;
+    }
+    // the policy names this host for TLS interception: decrypt, decide each request (intercept.ts)
+    const interceptor = Interceptor.of(ctx);
+    if (interceptor.wants(target, c.client, decision)) {
+      interceptor.terminate(socket, buf, { ...c, target, decision }, { destIp, connectHost, substituted: substitute !== null }, handle, null);
       return;
     }
     relay(ctx, { client: socket, connectHost, port: this.upstreamPort, destIp, handle, first: buf, openStatus: null });

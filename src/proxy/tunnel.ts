@@ -8,6 +8,8 @@
  *   6. destination resolves to an allowed address?   no  -> 403 / 502
  *   7. journal intent durable, then connect (directly or through the parent proxy), answer
  *      200 and splice both ways; the record is completed when either side closes.
+ *      Unless the policy names the host for TLS interception (interceptFor): then steps 6-7
+ *      are intercept.ts's (decrypt, decide each request inside).
  */
 import type * as http from 'node:http';
 import * as net from 'node:net';
@@ -15,11 +17,14 @@ import { plainAddress } from '../config/cidr';
 import { parseConnectAuthority } from '../policy/normalise';
 import type { Client, Decision, Target } from '../policy/types';
 import { ProxyContext, Refusal, RefusalCode, openRecord, refusalRecord, SUBSTITUTED_REASON } from './context';
-import { forbiddenPage, journalDownPage } from './http-handler';
+import { journalDownPage } from './http-handler';
 import { infoPage } from './pages';
 import { headerBytes } from './http-server';
 import { newRef } from './ref';
 import { relay } from './relay';
+import { Interceptor } from './intercept';
+import { tunnelAddress } from './upstream';
+import { answerConnect, authStep } from './auth';
 
 const REASON_PHRASES: Record<number, string> = {
   400: 'Bad Request',
@@ -33,13 +38,19 @@ export class TunnelHandler {
   /** open tunnels, for orderly shutdown */
   readonly open = new Set<net.Socket>();
 
-  constructor(private readonly ctx: ProxyContext) {}
+  /** TLS interception of the hosts the policy names (intercept.ts) */
+  readonly interceptor: Interceptor;
 
-  handle(req: http.IncomingMessage, clientSocket: net.Socket, head: Buffer): void {
+  constructor(private readonly ctx: ProxyContext) {
+    this.interceptor = Interceptor.of(ctx);
+  }
+
+  /** `authed`: the client once proxy authentication passed (auth.ts), on the second pass */
+  handle(req: http.IncomingMessage, clientSocket: net.Socket, head: Buffer, authed?: Client): void {
     const ctx = this.ctx;
     const ref = newRef();
     const startMs = Date.now();
-    const client = ctx.identify(plainAddress(clientSocket.remoteAddress ?? ''));
+    const client = authed ?? ctx.identify(plainAddress(clientSocket.remoteAddress ?? ''));
     const clientPort = clientSocket.remotePort ?? 0;
     const authority = req.url ?? '';
     clientSocket.on('error', () => { /* reported through the journal record; never crash */ });
@@ -56,6 +67,16 @@ export class TunnelHandler {
     }
     if (!ctx.clients.has(client.ip)) {
       return refuse(403, Refusal.clientRefused, '', 0, infoPage('Accès refusé', "Ce poste n'est pas sur un réseau autorisé à utiliser ce proxy.", 'This computer is not on a network allowed to use this proxy.', ref));
+    }
+    // proxy authentication (auth.ts): asynchronous, then this handler again with the user
+    const pending = authed === undefined ? authStep(ctx, req, client, ref) : null;
+    if (pending !== null) {
+      void pending.then((o) => {
+        if (o.ok) return this.handle(req, clientSocket, head, o.client);
+        const t = parseConnectAuthority(authority);
+        answerConnect(ctx, clientSocket, o, { ref, startMs, client, clientPort, host: t?.host ?? '', port: t?.port ?? 0 });
+      });
+      return;
     }
     const target = parseConnectAuthority(authority);
     if (target === null) {
@@ -89,18 +110,12 @@ export class TunnelHandler {
   ): Promise<void> {
     const ctx = this.ctx;
     const { ref, target } = t;
-    let destIp: string | null = null;
+    // the policy names this host for TLS interception: decrypt, decide each request (intercept.ts)
+    if (this.interceptor.wants(target, t.client, t.decision)) return this.interceptor.handle(clientSocket, head, t, refuse);
     const substitute = ctx.substituteHost(target, t.decision);
     const connectHost = substitute ?? target.host;
-    if (ctx.parent === null) {
-      const r = await ctx.resolver.resolve(connectHost);
-      if (!r.ok) {
-        return r.reason === 'dns-failure'
-          ? refuse(502, Refusal.dnsFailure, target.host, target.port, infoPage('Site introuvable', "Ce nom n'existe pas ou ne répond pas.", 'The name does not resolve.', ref))
-          : refuse(403, Refusal.forbiddenDestination, target.host, target.port, forbiddenPage(ref));
-      }
-      destIp = r.address;
-    }
+    const destIp = await tunnelAddress(ctx, connectHost, target, ref, refuse);
+    if (destIp === undefined) return;
     const open = openRecord(ref, t.startMs, t.client, t.clientPort, target, 'CONNECT', t.decision);
     if (substitute !== null) {
       open.reason = SUBSTITUTED_REASON;

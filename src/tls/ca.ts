@@ -41,9 +41,9 @@ export function caPaths(dir: string): CaPaths {
   return { dir, cert: path.join(dir, CA_CERT_FILE), key: path.join(dir, CA_KEY_FILE) };
 }
 
-/** Where the CA lives when no --dir/--out is given: `ca/` beside the journal. */
+/** Where the CA lives when no --dir/--out is given: config `intercept.caDir`, else `ca/` beside the journal. */
 export function defaultCaDir(cfg: Config): string {
-  return path.join(path.dirname(cfg.journal.path), 'ca');
+  return cfg.intercept?.caDir ?? path.join(path.dirname(cfg.journal.path), 'ca');
 }
 
 export interface CreateCaOptions {

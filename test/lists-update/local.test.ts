@@ -7,6 +7,7 @@ import * as path from 'node:path';
 import t from 'tap';
 import { publish } from '../../src/lists/feed';
 import { generateKeyPair } from '../../src/lists/sign';
+import { composePolicy } from '../../src/lists/local';
 import { AppliedInfo, UpdateAgent } from '../../src/lists/update';
 import { loadPolicyEngine } from '../../src/lists/load';
 import { addDomain, makeUt1, tmp } from './helpers';
@@ -76,4 +77,24 @@ t.test('local entries: composed, refused when contradicting, surviving updates',
   t.same(c?.refused, [], 'nothing to refuse now');
   const composed = JSON.parse(fs.readFileSync(agent.current()?.policyPath ?? '', 'utf8')) as { localFile: string };
   t.equal(composed.localFile, path.join(dir, 'etc', 'local.json'), 'the local file is referenced where the school keeps it');
+});
+
+t.test('interception sections: the bundle decides, the school only when the bundle is silent', async (t) => {
+  const dir = tmp();
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const ut1 = makeUt1(dir);
+  const school = path.join(dir, 'school.json');
+  fs.writeFileSync(school, JSON.stringify({ intercept: { domains: ['school-pick.test'] }, local: { allow: [] } }));
+  const compose = async (bundlePolicy: object) => {
+    const dasen = path.join(dir, 'dasen.json');
+    fs.writeFileSync(dasen, JSON.stringify(bundlePolicy));
+    const out = path.join(dir, 'composed.json');
+    await composePolicy({ dasenPolicy: dasen, schoolPolicy: school, lists: ut1, out });
+    return JSON.parse(fs.readFileSync(out, 'utf8')) as Record<string, unknown>;
+  };
+  const withDasen = await compose({ dasen: { block: ['adult'] }, intercept: { domains: ['dasen-pick.test'] }, noIntercept: { domains: ['bank.test'] } });
+  t.same(withDasen['intercept'], { domains: ['dasen-pick.test'] }, "the bundle's intercept section is kept (it used to be dropped)");
+  t.same(withDasen['noIntercept'], { domains: ['bank.test'] }, 'and its noIntercept section');
+  const silent = await compose({ dasen: { block: ['adult'] } });
+  t.same(silent['intercept'], { domains: ['school-pick.test'] }, "the school's section applies when the bundle has none");
 });
