@@ -22,6 +22,8 @@
  *   7. local allow entries (local + profile.allow): allow, unless the host is also in a
  *      category the profile blocks that dasen.localMayAllow does not list
  *                                                         -> allow  local-allow      (local)
+ *  7b. profile takes names only (ipLiterals "block") and the host is an IP address
+ *                                                         -> block  ip-literal       (default)
  *   8. a category in profile.allowCategories               -> allow  allowed-category (lists)
  *   9. a category the profile blocks (block + black-usage categories when blockBlackUsage):
  *      domains, then urls, then expressions               -> block  category         (lists)
@@ -32,6 +34,7 @@
  * the answer), each category's expressions in one combined RegExp, against `host + path`
  * (no scheme, no port) for http and `host` for CONNECT.
  */
+import { isIP } from 'node:net';
 import { CidrSet, plainAddress } from '../config/cidr';
 import type { Logger } from '../log';
 import { EntrySet } from './entries';
@@ -65,6 +68,7 @@ interface Profile {
   allow: EntrySet;
   deny: EntrySet;
   whitelistOnly: boolean;
+  namesOnly: boolean;
   schedule: Schedule | null;
   outside: 'block-all' | Profile | null;
   /** the frozen "allowed, nothing listed" answer */
@@ -158,6 +162,7 @@ export class Engine implements PolicyEngine {
         allow: new EntrySet(ps.allow),
         deny: new EntrySet(spec.dasen.localMayDeny ? ps.deny : []),
         whitelistOnly: ps.whitelistOnly,
+        namesOnly: ps.namesOnly,
         schedule: null,
         outside: null,
         allowed: Object.freeze(decision('allow', Reason.notListed, ps.name, null, null, null, 'default', listSerial)),
@@ -240,6 +245,8 @@ export class Engine implements PolicyEngine {
       }
       return decision('allow', Reason.localAllow, p.name, null, e, 'rule', 'local', serial);
     }
+    // 7b
+    if (p.namesOnly && isIP(host) !== 0) return decision('block', Reason.ipLiteral, p.name, null, null, null, 'default', serial);
     // 8
     if (p.hasAllowCats && hits > 0) {
       const k = this.listsMatch(hits, target, p.allowCats, null);

@@ -32,6 +32,9 @@ export interface ProfileSpec {
   outside: string | null;
   /** search engines and video sites forced to their safe endpoints (rules/safesearch.json) */
   safeSearch: SafeSearchMode | null;
+  /** `ipLiterals: "block"`: names only; a host given as an IP address is blocked unless a local
+   *  allow entry names it (lists and categories cannot vouch for an address seen raw) */
+  namesOnly: boolean;
 }
 
 export type SafeSearchMode = 'strict' | 'moderate';
@@ -83,6 +86,13 @@ const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/;
 function safeSearchMode(v: V, x: Json, key: string): SafeSearchMode {
   if (x !== 'strict' && x !== 'moderate') v.fail(key, `expected "strict", "moderate" or null, got ${v.got(x)}`);
   return x;
+}
+
+/** `ipLiterals`: "decide" (default: an address is decided like a name) or "block" (names only). */
+function ipLiteralsBlock(v: V, x: Json | undefined, key: string): boolean {
+  if (x === undefined || x === 'decide') return false;
+  if (x === 'block') return true;
+  return v.fail(key, `expected "decide" or "block", got ${v.got(x)}`);
 }
 
 class V {
@@ -150,7 +160,7 @@ export function readPolicyFile(file: string): PolicySpec {
 }
 
 const TOP_KEYS = ['$comment', 'version', 'timezone', 'schedules', 'dasen', 'local', 'localFile', 'profiles', 'clients', 'defaultProfile', 'intercept', 'noIntercept'] as const;
-const PROFILE_KEYS = ['$comment', 'description', 'block', 'blockBlackUsage', 'allowCategories', 'whitelistOnly', 'allow', 'deny', 'schedule', 'outside', 'safeSearch'] as const;
+const PROFILE_KEYS = ['$comment', 'description', 'block', 'blockBlackUsage', 'allowCategories', 'whitelistOnly', 'allow', 'deny', 'schedule', 'outside', 'safeSearch', 'ipLiterals'] as const;
 
 export function parsePolicy(json: Json, file: string): PolicySpec {
   const v: V = new V(file);
@@ -240,6 +250,7 @@ export function parsePolicy(json: Json, file: string): PolicySpec {
         schedule: o['schedule'] === undefined ? null : v.string(o['schedule'], `${key}.schedule`),
         outside: o['outside'] === undefined ? null : v.string(o['outside'], `${key}.outside`),
         safeSearch: o['safeSearch'] === undefined || o['safeSearch'] === null ? null : safeSearchMode(v, o['safeSearch'], `${key}.safeSearch`),
+        namesOnly: ipLiteralsBlock(v, o['ipLiterals'], `${key}.ipLiterals`),
       };
       if (p.schedule !== null && !schedules.has(p.schedule)) v.fail(`${key}.schedule`, `no schedule named ${v.got(p.schedule)} in "schedules"`);
       if (p.schedule !== null && p.outside === null) v.fail(`${key}.outside`, 'a profile with a schedule needs "outside": "block-all" or a profile name');
@@ -250,7 +261,7 @@ export function parsePolicy(json: Json, file: string): PolicySpec {
   if (profiles.size === 0) {
     profiles.set('default', {
       name: 'default', description: 'every category whose usage is black only', block: [], blockBlackUsage: true,
-      allowCategories: [], whitelistOnly: false, allow: [], deny: [], schedule: null, outside: null, safeSearch: null,
+      allowCategories: [], whitelistOnly: false, allow: [], deny: [], schedule: null, outside: null, safeSearch: null, namesOnly: false,
     });
   }
   for (const p of profiles.values()) {

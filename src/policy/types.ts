@@ -46,6 +46,8 @@ export const Reason = {
   schedule: 'schedule',
   /** a category the profile allows (whitelist-only profiles: the categories that pass) matched */
   allowedCategory: 'allowed-category',
+  /** the host is an IP address and the profile takes names only (ipLiterals: "block") */
+  ipLiteral: 'ip-literal',
 } as const;
 export type ReasonCode = (typeof Reason)[keyof typeof Reason];
 

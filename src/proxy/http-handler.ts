@@ -151,7 +151,7 @@ export class HttpHandler {
     void ctx.journalBegin(openRecord(ex.ref, ex.startMs, ex.client, ex.clientPort, target, req.method ?? 'GET', decision))
       .then((h) => { ex.handle = h; if (res.writableFinished || res.destroyed) this.finish(res, ex); });
     res.once('close', () => this.finish(res, ex));
-    sendPage(res, 403, ctx.blockPage.render({ host: target.host, decision, ref: ex.ref, atMs: ex.startMs }));
+    sendPage(res, 403, ctx.blockPage.render({ host: target.host, decision, ref: ex.ref, atMs: ex.startMs, user: ex.client.user }));
     ctx.log.info({ ref: ex.ref, client: ex.client.ip, host: target.host, category: decision.category, reason: decision.reason, profile: decision.profile }, 'blocked');
   }
 

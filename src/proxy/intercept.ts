@@ -348,7 +348,7 @@ export class Interceptor {
       void ctx.journalBegin(this.record(ex, method, target, decision))
         .then((h) => { ex.handle = h; if (res.writableFinished || res.destroyed) this.finish(res, ex); });
       res.once('close', () => this.finish(res, ex));
-      sendPage(res, 403, ctx.blockPage.render({ host, decision, ref: ex.ref, atMs: ex.startMs }));
+      sendPage(res, 403, ctx.blockPage.render({ host, decision, ref: ex.ref, atMs: ex.startMs, user: tun.info.client.user }));
       ctx.log.info({ ref: ex.ref, tunnel: tun.info.ref, client: tun.info.client.ip, host, category: decision.category, reason: decision.reason, profile: decision.profile }, 'blocked inside intercepted tunnel');
       return;
     }
@@ -429,7 +429,7 @@ export class Interceptor {
     if (decision.action === 'block') {
       begin(this.record(ex, method, target, decision));
       ctx.log.info({ ref: ex.ref, tunnel: tun.info.ref, client: tun.info.client.ip, host: target.host, category: decision.category, reason: decision.reason, profile: decision.profile }, 'blocked inside intercepted tunnel');
-      return answer(403, ctx.blockPage.render({ host: target.host, decision, ref: ex.ref, atMs: ex.startMs }));
+      return answer(403, ctx.blockPage.render({ host: target.host, decision, ref: ex.ref, atMs: ex.startMs, user: tun.info.client.user }));
     }
     if (!ctx.mayForward()) return answer(503, journalDownPage(ex.ref));
     void (async () => {

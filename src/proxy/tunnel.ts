@@ -89,7 +89,7 @@ export class TunnelHandler {
     if (decision.action === 'block') {
       void ctx.journalBegin(openRecord(ref, startMs, client, clientPort, target, 'CONNECT', decision))
         .then((h) => h?.finish({ endMs: Date.now(), destIp: null, egressIp: null, egressPort: null, status: 403, bytesIn: 0, bytesOut: 0 }));
-      writeResponse(clientSocket, 403, ctx.blockPage.render({ host: target.host, decision, ref, atMs: startMs }));
+      writeResponse(clientSocket, 403, ctx.blockPage.render({ host: target.host, decision, ref, atMs: startMs, user: client.user }));
       ctx.log.info({ ref, client: client.ip, host: target.host, category: decision.category, reason: decision.reason, profile: decision.profile }, 'blocked');
       return;
     }

@@ -72,6 +72,7 @@ t.test('htpasswd login through the real proxy', async (t) => {
   const casino = `http://casino.test:${origin.port}/`;
   const bob = await get(g.port, casino, { auth: basic('bob', BOB_PW) });
   t.equal(bob.status, 403, 'bob (no group: default profile eleves) is blocked');
+  t.match(bob.text, /<dd>bob<\/dd>/, 'the block page names the logged-in user');
   const alice = await get(g.port, casino, { auth: basic('alice', ALICE_PW) });
   t.equal(alice.status, 200, 'alice (group profs -> profile profs) is allowed');
 

@@ -288,3 +288,25 @@ t.test('real UT1 lists', { skip: fs.existsSync(REAL_UT1) ? false : '../shared/ut
     ['dns.google:443', '10.0.3.4', { action: 'block', category: 'doh' }, '2026-09-07T08:00:00Z'],
   ]);
 });
+
+t.test('ipLiterals: an address is decided like a name, or blocked when the profile takes names only', async (t) => {
+  const e = engine({
+    clients: [{ cidr: '10.9.0.0/16', profile: 'names' }],
+    local: { allow: ['192.0.2.80'] },
+    profiles: { names: { ipLiterals: 'block', block: ['gambling'] }, default: {} },
+  });
+  check(t, e, [
+    // default profile: addresses are looked up like names (the lists may hold them)
+    ['203.0.113.7:443', '10.1.0.1', { action: 'allow', reason: 'not-listed' }],
+    ['http://203.0.113.7/x', '10.1.0.1', { action: 'allow', reason: 'not-listed' }],
+    // names only: IPv4 and IPv6 literals blocked, for CONNECT and plain HTTP, names still decided
+    ['203.0.113.7:443', '10.9.0.1', { action: 'block', reason: 'ip-literal', profile: 'names', category: null }],
+    ['[2001:db8::7]:443', '10.9.0.1', { action: 'block', reason: 'ip-literal' }],
+    ['http://203.0.113.7/x', '10.9.0.1', { action: 'block', reason: 'ip-literal' }],
+    ['example.org:443', '10.9.0.1', { action: 'allow', reason: 'not-listed' }],
+    ['casino.test:443', '10.9.0.1', { action: 'block', reason: 'category', category: 'gambling' }],
+    // the school may name an address it trusts
+    ['192.0.2.80:443', '10.9.0.1', { action: 'allow', reason: 'local-allow' }],
+  ]);
+  t.throws(() => engine({ profiles: { p: { ipLiterals: 'names' } } }), /profiles\.p\.ipLiterals: expected "decide" or "block", got "names"/, 'a bad value names the key');
+});
