@@ -7,7 +7,7 @@
  * while idle so it never keeps the process alive. If the thread cannot start (worker file
  * missing, e.g. running from sources) the async compare is used instead.
  */
-import * as bcrypt from 'bcryptjs';
+import type * as Bcrypt from 'bcryptjs';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Worker } from 'node:worker_threads';
@@ -22,7 +22,7 @@ class BcryptVerifier {
 
   compare(password: string, hash: string): Promise<boolean> {
     const w = this.ensure();
-    if (w === null) return bcrypt.compare(password, hash);
+    if (w === null) return (require('bcryptjs') as typeof Bcrypt).compare(password, hash);
     const id = ++this.seq;
     return new Promise<boolean>((resolve, reject) => {
       this.pending.set(id, (r) => (r instanceof Error ? reject(r) : resolve(r)));

@@ -12,10 +12,17 @@
  * A directory that does not answer (refused, timeout, TLS error) is `unavailable`, never a yes.
  */
 import * as fs from 'node:fs';
-import { Client, InvalidCredentialsError } from 'ldapts';
+import type * as Ldapts from 'ldapts';
 import type { LdapConfig } from '../config';
 import { ConfigError } from '../errors';
 import type { Backend, LoginResult } from './backend';
+
+// ldapts and its dependencies load when a directory is first asked, not at every start
+let ldaptsModule: typeof Ldapts | null = null;
+function ldapts(): typeof Ldapts {
+  ldaptsModule ??= require('ldapts') as typeof Ldapts;
+  return ldaptsModule;
+}
 
 export type { LdapConfig } from '../config';
 
@@ -68,8 +75,8 @@ export class LdapBackend implements Backend {
     }
   }
 
-  private client(): Client {
-    return new Client({
+  private client(): Ldapts.Client {
+    return new (ldapts().Client)({
       url: this.cfg.url,
       timeout: this.cfg.timeoutMs,
       connectTimeout: this.cfg.timeoutMs,
@@ -114,7 +121,7 @@ export class LdapBackend implements Backend {
     try {
       await asUser.bind(dn, password);
     } catch (err) {
-      if (err instanceof InvalidCredentialsError) return { kind: 'bad-password' };
+      if (err instanceof ldapts().InvalidCredentialsError) return { kind: 'bad-password' };
       return { kind: 'unavailable', detail: describe(err) };
     } finally {
       await asUser.unbind().catch(() => undefined);

@@ -22,10 +22,18 @@ import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
 import * as tls from 'node:tls';
-import forge from 'node-forge';
+import type * as Forge from 'node-forge';
 import type { Config } from '../config';
 import { GardefouError, InputError, errorMessage } from '../errors';
 import { replaceFile } from '../fsync';
+
+// node-forge (~25 ms to load) only when a certificate is made or read: `serve` without
+// interception never needs it, and every start would pay for it
+let forgeModule: typeof Forge | null = null;
+function forge(): typeof Forge {
+  forgeModule ??= require('node-forge') as typeof Forge;
+  return forgeModule;
+}
 
 export const CA_CERT_FILE = 'ca.crt';
 export const CA_KEY_FILE = 'ca.key';
@@ -91,8 +99,8 @@ export function createCa(opts: CreateCaOptions): CaInfo {
   }
   const now = opts.now ?? new Date();
   const { privateKey, publicKey } = crypto.generateKeyPairSync('rsa', { modulusLength: 2048 });
-  const cert = forge.pki.createCertificate();
-  cert.publicKey = forge.pki.publicKeyFromPem(publicKey.export({ type: 'spki', format: 'pem' }) as string);
+  const cert = forge().pki.createCertificate();
+  cert.publicKey = forge().pki.publicKeyFromPem(publicKey.export({ type: 'spki', format: 'pem' }) as string);
   cert.serialNumber = randomSerial();
   cert.validity.notBefore = new Date(now.getTime() - DAY_MS);
   const end = new Date(now.getTime());
@@ -111,7 +119,7 @@ export function createCa(opts: CreateCaOptions): CaInfo {
     { name: 'subjectKeyIdentifier' },
   ]);
   signWithNode(cert, privateKey);
-  const certPem = forge.pki.certificateToPem(cert);
+  const certPem = forge().pki.certificateToPem(cert);
   const keyPem = privateKey.export({ type: 'pkcs8', format: 'pem' }) as string;
   // key first: a cert without its key is useless, a key without a cert is refused by init
   writeAtomic(p.key, keyPem, 0o600);
@@ -124,7 +132,7 @@ export interface LoadedCa {
   certPem: string;
   x509: crypto.X509Certificate;
   key: crypto.KeyObject;
-  forgeCert: forge.pki.Certificate;
+  forgeCert: Forge.pki.Certificate;
   /** subjectKeyIdentifier of the CA, for the leaves' authorityKeyIdentifier (binary string) */
   keyId: string;
 }
@@ -154,10 +162,10 @@ export function loadCa(dir: string): LoadedCa {
   }
   if (!x509.checkPrivateKey(key)) throw new InputError(`reading CA in ${dir}: ${CA_KEY_FILE} is not the key of ${CA_CERT_FILE}`);
   if (!x509.ca) throw new InputError(`reading CA in ${dir}: ${CA_CERT_FILE} is not a CA certificate`);
-  const forgeCert = forge.pki.certificateFromPem(certPem);
+  const forgeCert = forge().pki.certificateFromPem(certPem);
   const ski = forgeCert.getExtension('subjectKeyIdentifier') as { subjectKeyIdentifier?: string } | null;
   const keyId = ski?.subjectKeyIdentifier
-    ? forge.util.hexToBytes(ski.subjectKeyIdentifier)
+    ? forge().util.hexToBytes(ski.subjectKeyIdentifier)
     : forgeCert.generateSubjectKeyIdentifier().getBytes();
   return { paths: p, certPem, x509, key, forgeCert, keyId };
 }
@@ -217,7 +225,7 @@ export class LeafFactory {
   private readonly now: () => number;
   private readonly leafKey: crypto.KeyObject;
   private readonly leafKeyPem: string;
-  private readonly leafPublic: forge.pki.PublicKey;
+  private readonly leafPublic: Forge.pki.PublicKey;
   /** certificates made (cache misses), for metrics and tests */
   issued = 0;
 
@@ -229,7 +237,7 @@ export class LeafFactory {
     const { privateKey, publicKey } = crypto.generateKeyPairSync('rsa', { modulusLength: 2048 });
     this.leafKey = privateKey;
     this.leafKeyPem = privateKey.export({ type: 'pkcs8', format: 'pem' }) as string;
-    this.leafPublic = forge.pki.publicKeyFromPem(publicKey.export({ type: 'spki', format: 'pem' }) as string);
+    this.leafPublic = forge().pki.publicKeyFromPem(publicKey.export({ type: 'spki', format: 'pem' }) as string);
   }
 
   get size(): number {
@@ -258,7 +266,7 @@ export class LeafFactory {
     if (host === '' || host.length > 253) throw new GardefouError('GARDEFOU_TLS', `issuing a certificate: bad host ${JSON.stringify(host)}`);
     const now = this.now();
     const caEnd = this.ca.x509.validTo ? new Date(this.ca.x509.validTo).getTime() : now + 397 * DAY_MS;
-    const cert = forge.pki.createCertificate();
+    const cert = forge().pki.createCertificate();
     cert.publicKey = this.leafPublic;
     cert.serialNumber = randomSerial();
     cert.validity.notBefore = new Date(now - DAY_MS);
@@ -275,7 +283,7 @@ export class LeafFactory {
       { name: 'authorityKeyIdentifier', keyIdentifier: this.ca.keyId },
     ]);
     signWithNode(cert, this.ca.key);
-    const certPem = forge.pki.certificateToPem(cert);
+    const certPem = forge().pki.certificateToPem(cert);
     this.issued++;
     return {
       certPem,
@@ -310,13 +318,13 @@ export class LeafFactory {
 }
 
 /** Signs a forge certificate with sha256WithRSAEncryption using node's native RSA. */
-function signWithNode(cert: forge.pki.Certificate, key: crypto.KeyObject): void {
-  const c = cert as forge.pki.Certificate & { signatureOid: string; siginfo: { algorithmOid: string }; tbsCertificate: forge.asn1.Asn1; signature: string };
-  const oid = forge.pki.oids['sha256WithRSAEncryption'] as string;
+function signWithNode(cert: Forge.pki.Certificate, key: crypto.KeyObject): void {
+  const c = cert as Forge.pki.Certificate & { signatureOid: string; siginfo: { algorithmOid: string }; tbsCertificate: Forge.asn1.Asn1; signature: string };
+  const oid = forge().pki.oids['sha256WithRSAEncryption'] as string;
   c.signatureOid = oid;
   c.siginfo.algorithmOid = oid;
-  c.tbsCertificate = (forge.pki as unknown as { getTBSCertificate(c: forge.pki.Certificate): forge.asn1.Asn1 }).getTBSCertificate(cert);
-  const tbs = Buffer.from(forge.asn1.toDer(c.tbsCertificate).getBytes(), 'binary');
+  c.tbsCertificate = (forge().pki as unknown as { getTBSCertificate(c: Forge.pki.Certificate): Forge.asn1.Asn1 }).getTBSCertificate(cert);
+  const tbs = Buffer.from(forge().asn1.toDer(c.tbsCertificate).getBytes(), 'binary');
   c.signature = crypto.sign('sha256', tbs, key).toString('binary');
 }
 
