@@ -19,4 +19,5 @@ cat > "$conf" <<JSON
   "logLevel": "${GARDEFOU_LOG_LEVEL:-warn}"
 }
 JSON
-exec node "$here/../bin/gardefou" serve --config "$conf"
+# the same V8 young-generation size as the systemd unit and `npm start`
+exec node --max-semi-space-size=4 "$here/../bin/gardefou" serve --config "$conf"
