@@ -45,7 +45,7 @@ trap cleanup EXIT
 
 node "$shared/origin.mjs" --port "$origin_port" --tls-port $((origin_port + 1)) > "$work/origin.log" 2>&1 &
 opid=$!
-node "$root/bin/gardefou" serve --config "$work/gardefou.json" > "$work/gardefou.log" 2>&1 &
+node --max-semi-space-size=4 "$root/bin/gardefou" serve --config "$work/gardefou.json" > "$work/gardefou.log" 2>&1 &
 gpid=$!
 for _ in $(seq 1 200); do
   curl -s -o /dev/null -x "http://127.0.0.1:$proxy_port" http://soak-0.example.org/ && break
