@@ -486,6 +486,10 @@ export const NONE = 'none';
 export interface GardefouSources {
   tunnelsOpen?: () => number;
   journalQueueDepth?: () => number;
+  /** records begun but not yet in the requisition index (journal.index.db), or null before its first step */
+  journalIndexLag?: () => number | null;
+  /** whether the indexer's last step succeeded */
+  journalIndexHealthy?: () => boolean;
   /** serial of the lists in force (numeric), or null when the lists are not from a bundle */
   listSerial?: () => number | null;
   /** when the lists in force were published (ms since epoch), or null when unknown */
@@ -539,6 +543,8 @@ export interface GardefouMetrics {
  *   gardefou_journal_queue_depth                         gauge (callback)
  *   gardefou_journal_commit_seconds                      histogram
  *   gardefou_journal_records_lost_total                  counter
+ *   gardefou_journal_index_lag_records                   gauge (callback): records not yet indexed
+ *   gardefou_journal_index_healthy                       gauge (callback): 1, or 0 when the indexer fails
  *   gardefou_list_serial                                 gauge (callback; min over processes)
  *   gardefou_list_age_seconds                            gauge (callback; max over processes)
  *   gardefou_update_total{result,reason}                 counter
@@ -561,6 +567,10 @@ export function createGardefouMetrics(opts: GardefouMetricsOptions = {}): Gardef
   reg.callback('gardefou_journal_queue_depth', 'Journal records waiting to be committed.', () => (src.journalQueueDepth ? src.journalQueueDepth() : null));
   const commit = reg.histogram('gardefou_journal_commit_seconds', 'Latency of journal group commits, in seconds.', COMMIT_BUCKETS);
   const lost = reg.counter('gardefou_journal_records_lost_total', 'Journal records that could not be kept (must stay 0).');
+  reg.callback('gardefou_journal_index_lag_records', 'Journal records not yet in the requisition index (queries read them unindexed).',
+    () => (src.journalIndexLag ? src.journalIndexLag() : null));
+  reg.callback('gardefou_journal_index_healthy', 'Whether the requisition index is being updated (0: the indexer fails; records are kept).',
+    () => (src.journalIndexHealthy ? (src.journalIndexHealthy() ? 1 : 0) : null));
   reg.callback('gardefou_list_serial', 'Serial of the list bundle in force.', () => (src.listSerial ? src.listSerial() : null), { merge: 'min' });
   reg.callback('gardefou_list_age_seconds', 'Age of the list bundle in force (since its publication), in seconds.', () => {
     const created = src.listCreatedMs ? src.listCreatedMs() : null;

@@ -151,6 +151,8 @@ async function run(flags: ServeFlags, initial: Config, log: Logger, journal: Jou
   metrics.setSources({
     tunnelsOpen: () => proxy.tunnelsOpen,
     journalQueueDepth: () => journal.stats().queueDepth,
+    journalIndexLag: () => journal.stats().indexLag,
+    journalIndexHealthy: () => journal.stats().indexError === null,
     listSerial: () => (proxy.policy.listSerial === null ? null : Number(proxy.policy.listSerial)),
     listCreatedMs: () => {
       const created = agent?.status().running?.created;

@@ -220,6 +220,8 @@ export async function runPrimary(o: PrimaryOptions): Promise<void> {
   const metrics = createGardefouMetrics();
   metrics.setSources({
     journalQueueDepth: () => journal.stats().queueDepth,
+    journalIndexLag: () => journal.stats().indexLag,
+    journalIndexHealthy: () => journal.stats().indexError === null,
     listCreatedMs: () => {
       const created = agent?.status().running?.created;
       return created ? Date.parse(created) : null;

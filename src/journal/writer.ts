@@ -54,6 +54,8 @@ export interface JournalStats {
   indexWatermark: number;
   indexCaughtUp: boolean;
   indexError: string | null;
+  /** records begun and not yet indexed; null until the indexer's first report */
+  indexLag: number | null;
 }
 
 interface Waiter {
@@ -102,8 +104,9 @@ export class Journal extends EventEmitter implements JournalWriter {
   private readonly s: JournalStats = {
     healthy: true, lastError: null, queueDepth: 0, pendingBegins: 0, recordsWritten: 0, commits: 0, commitFailures: 0,
     lastCommitMs: 0, maxCommitMs: 0, lastBeginMs: 0, maxBeginMs: 0, blocksSealed: 0, unsealed: 0, purges: 0,
-    purgedRecords: 0, lastPurge: null, indexWatermark: 0, indexCaughtUp: false, indexError: null,
+    purgedRecords: 0, lastPurge: null, indexWatermark: 0, indexCaughtUp: false, indexError: null, indexLag: null,
   };
+  private indexReported = false;
   private workerPending = 0;
   private exited = false;
 
@@ -196,6 +199,7 @@ export class Journal extends EventEmitter implements JournalWriter {
         this.setHealth(m.healthy, m.error);
         break;
       case 'index':
+        this.indexReported = true;
         this.s.indexWatermark = m.watermark;
         this.s.indexCaughtUp = m.caughtUp;
         if (this.s.indexError !== null) this.log.info('journal index: updating again');
@@ -245,6 +249,7 @@ export class Journal extends EventEmitter implements JournalWriter {
   stats(): JournalStats {
     this.s.pendingBegins = this.waiters.length;
     this.s.queueDepth = this.outbox.length + this.waiters.length + this.workerPending;
+    this.s.indexLag = this.indexReported ? Math.max(0, this.nextId - 1 - this.s.indexWatermark) : null;
     return { ...this.s };
   }
 

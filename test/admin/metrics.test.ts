@@ -319,6 +319,8 @@ t.test('the gardefou metric set renders, parses and carries what the proxy repor
     sources: {
       tunnelsOpen: () => 7,
       journalQueueDepth: () => 3,
+      journalIndexLag: () => 12,
+      journalIndexHealthy: () => false,
       listSerial: () => 2025091501,
       listCreatedMs: () => 1_700_000_000_000,
       nowMs: () => now,
@@ -347,6 +349,8 @@ t.test('the gardefou metric set renders, parses and carries what the proxy repor
   t.equal(v('gardefou_bytes_total', { direction: 'out', decision: 'error' }), 0, 'preset: present before the first event');
   t.equal(v('gardefou_tunnels_open'), 7);
   t.equal(v('gardefou_journal_queue_depth'), 3);
+  t.equal(v('gardefou_journal_index_lag_records'), 12);
+  t.equal(v('gardefou_journal_index_healthy'), 0, 'an indexer failure shows as 0');
   t.equal(v('gardefou_journal_commit_seconds', {}, 'gardefou_journal_commit_seconds_count'), 2);
   t.equal(v('gardefou_journal_commit_seconds', { le: '0.0005' }, 'gardefou_journal_commit_seconds_bucket'), 1);
   t.equal(v('gardefou_journal_commit_seconds', { le: '0.005' }, 'gardefou_journal_commit_seconds_bucket'), 2);

@@ -55,6 +55,7 @@ t.test('queries through the index built by the writer equal a full scan, open tu
     await waitIndexed(() => j.stats(), 321);
     const s = j.stats();
     t.equal(s.indexError, null, 'no index error');
+    t.equal(s.indexLag, 0, 'stats: nothing left to index (gardefou_journal_index_lag_records)');
     const now = Date.now();
     const cases: Array<[string, Criteria]> = [
       ['client', { fromMs: t0 - 1000, toMs: now, client: '10.1.0.7' }],
