@@ -1,5 +1,6 @@
 /**
- * Admin listener (loopback by default): `/healthz` for supervision, `/status` (JSON).
+ * Admin listener (loopback by default): `/healthz` for supervision (503 when the journal
+ * cannot be written, or, in a cluster, when no worker listens), `/status` (JSON).
  * Never exposed to clients; it answers only on its own address.
  */
 import * as http from 'node:http';
@@ -21,6 +22,8 @@ export interface AdminDeps {
   extraStatus?: (() => Record<string, unknown>) | null;
   /** the DASEN update agent's status, when a feed is configured */
   updateStatus?: (() => UpdateStatus) | null;
+  /** a cluster primary: how many of its workers listen now (none listening: /healthz is 503) */
+  workers?: (() => { listening: number; total: number }) | null;
 }
 
 export class AdminServer {
@@ -59,8 +62,15 @@ export class AdminServer {
       return;
     }
     if (path === '/healthz') {
-      const healthy = this.deps.journal.healthy;
-      const body = JSON.stringify({ ok: healthy, journal: healthy ? 'writable' : 'unwritable', lists: this.deps.proxy.policy.describe().domains >= 0 ? 'loaded' : 'none' }) + '\n';
+      const writable = this.deps.journal.healthy;
+      const w = this.deps.workers ? this.deps.workers() : null;
+      const healthy = writable && (w === null || w.listening > 0);
+      const body = JSON.stringify({
+        ok: healthy,
+        journal: writable ? 'writable' : 'unwritable',
+        lists: this.deps.proxy.policy.describe().domains >= 0 ? 'loaded' : 'none',
+        ...(w === null ? {} : { workers: `${w.listening}/${w.total} listening` }),
+      }) + '\n';
       res.writeHead(healthy ? 200 : 503, { 'content-type': 'application/json', 'cache-control': 'no-store' }).end(body);
       return;
     }

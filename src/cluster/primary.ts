@@ -247,6 +247,7 @@ export async function runPrimary(o: PrimaryOptions): Promise<void> {
     log,
     updateStatus: agent ? () => agent.status() : null,
     metrics: { contentType: METRICS_CONTENT_TYPE, render: renderMetrics },
+    workers: () => ({ listening: slots.filter((s) => s.ready).length, total: slots.length }),
     extraStatus: () => ({
       workers: slots.map((s) => ({ worker: s.slot, pid: s.pid, listening: s.ready, restarts: s.restarts, openRecords: s.worker ? host.openRecords(String(s.worker.id)) : 0 })),
     }),

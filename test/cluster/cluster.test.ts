@@ -104,6 +104,7 @@ t.test('two workers serve, one journal record per request, one valid chain', asy
   t.equal(st.workers.length, 2);
   t.equal(new Set(st.workers.map((w) => w.pid)).size, 2, 'two worker processes');
   t.notOk(st.workers.some((w) => w.pid === g.proc.pid), 'workers are not the primary');
+  t.match(JSON.parse(await get(adminPort(g), '/healthz')), { ok: true, workers: '2/2 listening' }, '/healthz counts the listening workers');
   await everyWorker(t, g, 'allowed and blocked', 14, async () => {
     t.same(await burst(g, 'allowed.test', 10), Array(10).fill(200));
     t.same(await burst(g, 'blocked.test', 4), Array(4).fill(403));
