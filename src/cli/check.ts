@@ -17,6 +17,7 @@ interface CheckFlags {
   lists?: string;
   policy?: string;
   client?: string;
+  profile?: string;
   at?: string;
   json?: boolean;
 }
@@ -30,6 +31,7 @@ export function register(program: Command): void {
     .option('--lists <path>', 'UT1 directory, blacklists.tar.gz or compiled index (overrides config "lists")')
     .option('--policy <file>', 'policy file (overrides config "policy")')
     .option('--client <ip>', 'client IP address the request comes from', '127.0.0.1')
+    .option('--profile <name>', 'decide for this profile, as a logged-in user\'s group or the workstation map would give it (default: from --client)')
     .option('--at <iso-time>', 'decide as at this time (ISO 8601, e.g. 2026-09-07T10:00:00+02:00)')
     .option('--json', 'print one JSON object')
     .action(async (url: string, flags: CheckFlags) => {
@@ -64,7 +66,13 @@ export async function check(url: string, flags: CheckFlags, out: (s: string) => 
     lists: flags.lists ? path.resolve(flags.lists) : cfg.lists,
     policy: flags.policy ? path.resolve(flags.policy) : cfg.policy,
   });
-  const d = engine.decide(target, { ip: client }, at);
+  if (flags.profile !== undefined && !engine.profileNames().includes(flags.profile)) {
+    throw new InputError(`checking ${url}: --profile: the policy has no profile "${flags.profile}" (it has: ${engine.profileNames().join(', ')})`);
+  }
+  const who = flags.profile === undefined ? { ip: client } : { ip: client, profile: flags.profile };
+  const d = engine.decide(target, who, at);
+  // whether a TLS connection to this host would be decrypted (only when the policy intercepts)
+  const intercepted = engine.intercepting ? engine.interceptFor({ kind: 'connect', host: target.host, port: 443, path: '' }, who, d) : null;
   const listedIn = engine.listedCategories(target);
   const result = {
     action: d.action,
@@ -83,6 +91,7 @@ export async function check(url: string, flags: CheckFlags, out: (s: string) => 
     matchKind: d.matchKind,
     layer: d.layer,
     listSerial: d.listSerial,
+    intercepted,
     listedIn,
     lists: engine.describe().source,
   };
@@ -96,6 +105,7 @@ export async function check(url: string, flags: CheckFlags, out: (s: string) => 
       `  reason    ${d.reason}${cat}`,
       `  match     ${d.match === null ? '-' : `${d.matchKind} ${d.match}`}`,
       `  layer     ${d.layer}`,
+      ...(intercepted === null ? [] : [`  intercept ${intercepted ? 'yes: HTTPS to this host is decrypted and decided per request' : 'no'}`]),
       `  listed in ${listedIn.length === 0 ? '-' : listedIn.join(', ')}`,
       `  lists     ${result.lists}${d.listSerial ? ` (serial ${d.listSerial})` : ''}`,
     ];

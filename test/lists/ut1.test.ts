@@ -162,6 +162,17 @@ t.test('gardefou check: exit codes and JSON', async (t) => {
   const a = gardefou(['check', 'example.test', ...base, '--client', '10.9.1.1']);
   t.equal(a.code, 0);
   t.match(a.stdout, /^ALLOWED  http:\/\/example\.test\/\n  profile   p \(client 10\.9\.1\.1/);
+  const named = path.join(dir, 'check-policy-2.json');
+  fs.writeFileSync(named, JSON.stringify({ profiles: { p: { blockBlackUsage: true }, q: {} }, defaultProfile: 'p', intercept: { domains: ['example.test'] } }));
+  const q = gardefou(['check', 'http://blocked.test/', '--lists', MINI, '--policy', named, '--profile', 'q', '--json']);
+  t.equal(q.code, 0, 'the profile given decides (q blocks nothing)');
+  t.match(JSON.parse(q.stdout), { action: 'allow', profile: 'q', intercepted: false });
+  const i = gardefou(['check', 'example.test', '--lists', MINI, '--policy', named]);
+  t.match(i.stdout, /intercept yes: HTTPS to this host is decrypted/, 'says when a host would be intercepted');
+  const np = gardefou(['check', 'example.test', '--lists', MINI, '--policy', named, '--profile', 'nobody']);
+  t.equal(np.code, 2);
+  t.match(np.stderr, /--profile: the policy has no profile "nobody" \(it has: p, q\)/);
+  t.match(gardefou(['check', 'example.test', ...base, '--json']).stdout, /"intercepted":null/, 'null when the policy intercepts nothing');
   const u = gardefou(['check', 'http://mixed.test/forbidden/x', ...base]);
   t.equal(u.code, 1);
   t.match(u.stdout, /match     url mixed\.test\/forbidden/);
