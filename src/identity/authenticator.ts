@@ -108,6 +108,11 @@ export class Authenticator {
     }
   }
 
+  /** Every profile the group table names (checked against the policy at start and reload). */
+  profilesNamed(): string[] {
+    return [...new Set(this.groupProfiles.map((g) => g.profile))];
+  }
+
   /** The profile of a set of groups (first row of groupProfiles that matches), or undefined. */
   profileOf(groups: string[]): string | undefined {
     if (groups.length === 0 || this.groupProfiles.length === 0) return undefined;

@@ -32,6 +32,13 @@ export class Identity {
   private macOfIp = new Map<string, string>();
   private arpReadAt = -Infinity;
 
+  /** Every profile the workstation map names (checked against the policy at start and reload). */
+  profilesNamed(): string[] {
+    const out = new Set<string>();
+    for (const m of [this.byIp, this.byMac]) for (const w of m.values()) if (w.profile !== undefined) out.add(w.profile);
+    return [...out];
+  }
+
   constructor(byIp: Map<string, Workstation> = new Map(), byMac: Map<string, Workstation> = new Map(), opts: IdentityOptions = {}) {
     this.byIp = byIp;
     this.byMac = byMac;

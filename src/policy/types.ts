@@ -78,6 +78,8 @@ export interface PolicyEngine {
   decide(target: Target, client: Client, at?: Date): Decision;
   /** Serial of the lists in force, for the journal and status. */
   readonly listSerial: string | null;
+  /** Names of the policy's profiles (identity may name them: groups, workstation map). */
+  profileNames(): string[];
   /** SafeSearch mode of a profile: its search and video sites go to their safe endpoints. */
   safeSearch(profile: string): 'strict' | 'moderate' | null;
   /** Human description of what is loaded, for logs and `lists info`. */

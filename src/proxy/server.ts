@@ -58,6 +58,7 @@ export class ProxyServer {
     this.ctx = new ProxyContext(opts.config, opts.policy, opts.journal, opts.log, opts.identity,
       opts.blockPage ?? BlockPage.fromFile(opts.config.blockPage));
     this.ctx.observer = opts.observer ?? null;
+    this.warnUnknownProfiles();
     this.http = new HttpHandler(this.ctx);
     this.tunnels = new TunnelHandler(this.ctx);
   }
@@ -70,11 +71,27 @@ export class ProxyServer {
     const identity = Identity.fromFile(config.workstations); // read first: a bad file changes nothing
     this.ctx.reconfigure(config, BlockPage.fromFile(config.blockPage));
     this.ctx.identity = identity;
+    this.warnUnknownProfiles();
   }
 
   /** Swaps the policy engine in force. Requests already decided keep their decision. */
   setPolicy(policy: PolicyEngine): void {
     this.ctx.policy = policy;
+    this.warnUnknownProfiles();
+  }
+
+  /**
+   * Profiles named by the workstation map or the LDAP group table that the policy does not
+   * have: those clients fall back to the policy's `clients` rules. Said at start and at each
+   * reload, so a typo is not silent.
+   */
+  private warnUnknownProfiles(): void {
+    const known = new Set(this.ctx.policy.profileNames());
+    const named = [...this.ctx.identity.profilesNamed(), ...(this.ctx.authenticator?.profilesNamed() ?? [])];
+    const unknown = [...new Set(named.filter((p) => !known.has(p)))].sort();
+    if (unknown.length > 0) {
+      this.ctx.log.warn({ profiles: unknown, known: [...known] }, 'the workstation map or identity.groupProfiles names profiles the policy does not have: those clients get the policy\'s clients rules instead');
+    }
   }
 
   /** Tunnels open right now (metrics). */
