@@ -26,6 +26,7 @@ import type { Client } from '../policy/types';
 import type { ProxyContext } from './context';
 import { refusalRecord } from './context';
 import { infoPage } from './pages';
+import { writeResponse } from './raw-response';
 
 export const AuthRefusal = {
   required: 'auth-required',
@@ -108,13 +109,8 @@ export function answerHttp(ctx: ProxyContext, res: http.ServerResponse, o: Extra
 export function answerConnect(ctx: ProxyContext, socket: net.Socket, o: Extract<AuthOutcome, { ok: false }>,
   rec: { ref: string; startMs: number; client: Client; clientPort: number; host: string; port: number }): void {
   journalRefusal(ctx, rec.ref, rec.startMs, rec.client, rec.clientPort, 'connect', 'CONNECT', rec.host, rec.port, o);
-  if (socket.destroyed) return;
-  const body = Buffer.from(o.page, 'utf8');
-  const extra = Object.entries(o.headers).map(([k, v]) => `${k === 'proxy-authenticate' ? 'Proxy-Authenticate' : k}: ${v}\r\n`).join('');
-  const head = `HTTP/1.1 ${o.status} ${o.status === 407 ? 'Proxy Authentication Required' : 'Service Unavailable'}\r\n${extra}` +
-    `Content-Type: text/html; charset=utf-8\r\nContent-Length: ${body.length}\r\nCache-Control: no-store\r\nVia: 1.1 gardefou\r\nConnection: close\r\n\r\n`;
-  socket.end(Buffer.concat([Buffer.from(head, 'latin1'), body]));
-  setTimeout(() => socket.destroy(), 1000).unref();
+  const headers = Object.fromEntries(Object.entries(o.headers).map(([k, v]) => [k === 'proxy-authenticate' ? 'Proxy-Authenticate' : k, v]));
+  writeResponse(socket, o.status, o.page, headers);
 }
 
 function loginPage(ref: string): string {

@@ -113,6 +113,13 @@ export class ProxyContext {
     return mode === null ? null : this.safeSearch.substitute(target.host, mode);
   }
 
+  /** Marks a record whose connection goes to the SafeSearch endpoint `substitute` (and logs it). */
+  noteSubstitution(open: JournalOpen, substitute: string | null): void {
+    if (substitute === null) return;
+    open.reason = SUBSTITUTED_REASON;
+    this.log.info({ ref: open.ref, client: open.clientIp, host: open.destHost, upstream: substitute }, 'safesearch substitution');
+  }
+
   /**
    * Admits a new connection unless its client already holds limits.maxConnectionsPerClient
    * (a slowloris from one machine cannot fill the gateway); a refused socket is destroyed.

@@ -17,7 +17,7 @@ import { plainAddress } from '../config/cidr';
 import type { JournalClose, JournalHandle } from '../journal/types';
 import { parseAbsoluteUrl } from '../policy/normalise';
 import type { Client, Decision, Target } from '../policy/types';
-import { ProxyContext, Refusal, RefusalCode, openRecord, refusalRecord, remotePort, SUBSTITUTED_REASON } from './context';
+import { ProxyContext, Refusal, RefusalCode, openRecord, refusalRecord, remotePort } from './context';
 import { addVia, stripHopByHop } from './headers';
 import { answerHttp, authStep } from './auth';
 import { headerBytes } from './http-server';
@@ -189,10 +189,7 @@ export class HttpHandler {
     }
     // The record (intent) must be durable before anything leaves towards the destination.
     const open = openRecord(ex.ref, ex.startMs, ex.client, ex.clientPort, target, req.method ?? 'GET', decision);
-    if (substitute !== null) {
-      open.reason = SUBSTITUTED_REASON;
-      ctx.log.info({ ref: ex.ref, client: ex.client.ip, host: target.host, upstream: substitute }, 'safesearch substitution');
-    }
+    ctx.noteSubstitution(open, substitute);
     const handle = await ctx.journalBegin(open);
     if (handle === null && !ctx.config.journal.failOpen) {
       return this.refuse(req, res, ex, 503, Refusal.journalDown, target.host, target.port, journalDownPage(ex.ref));

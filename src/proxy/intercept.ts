@@ -46,8 +46,9 @@ import { journalDownPage, sendPage } from './http-handler';
 import { headerBytes } from './http-server';
 import { escapeHtml, infoPage } from './pages';
 import { newRef } from './ref';
+import { writeResponse } from './raw-response';
 import { readParentAnswer } from './relay';
-import { tunnelAddress } from './upstream';
+import { beginConnection, tunnelAddress, type TunnelRefuse } from './upstream';
 
 /** Session-ticket keys rotate every 12 hours (tickets older than that make a full handshake). */
 const TICKET_PERIOD_MS = 12 * 3600_000;
@@ -71,7 +72,6 @@ export interface TunnelInfo {
   decision: Decision;
 }
 
-type Refuse = (status: number, code: RefusalCode, host: string, port: number, page: string) => void;
 
 
 interface Exchange {
@@ -217,7 +217,7 @@ export class Interceptor {
   }
 
   /** Steps 1 to 3 for an allowed CONNECT that interceptFor() chose. */
-  async handle(clientSocket: net.Socket, head: Buffer, t: TunnelInfo, refuse: Refuse): Promise<void> {
+  async handle(clientSocket: net.Socket, head: Buffer, t: TunnelInfo, refuse: TunnelRefuse): Promise<void> {
     const ctx = this.ctx;
     const { ref, target } = t;
     const leaves = this.leaves();
@@ -233,14 +233,9 @@ export class Interceptor {
     if (destIp === undefined) return;
     const open = openRecord(ref, t.startMs, t.client, t.clientPort, target, 'CONNECT', t.decision);
     open.reason = INTERCEPTED_REASON;
-    const handle = await ctx.journalBegin(open);
-    if (handle === null && !ctx.config.journal.failOpen) {
-      return refuse(503, Refusal.journalDown, target.host, target.port, journalDownPage(ref));
-    }
-    if (clientSocket.destroyed) {
-      handle?.finish({ endMs: Date.now(), destIp, egressIp: null, egressPort: null, status: null, bytesIn: 0, bytesOut: 0 });
-      return;
-    }
+    const handle = await beginConnection(ctx, clientSocket, open, destIp, 0,
+      () => refuse(503, Refusal.journalDown, target.host, target.port, journalDownPage(ref)));
+    if (handle === undefined) return;
     clientSocket.write('HTTP/1.1 200 Connection established\r\nVia: 1.1 gardefou\r\n\r\n');
     this.terminate(clientSocket, head, t, { destIp, connectHost, substituted: substitute !== null }, handle, 200);
   }
@@ -412,7 +407,7 @@ export class Interceptor {
     socket.once('close', done);
     const answer = (code: number, html: string) => {
       status = code;
-      writeRaw(socket, code, html);
+      writeResponse(socket, code, html);
     };
     const begin = (open: JournalOpen) => {
       void ctx.journalBegin(open).then((h) => { ex.handle = h; if (socket.destroyed) done(); });
@@ -648,17 +643,6 @@ function upgradeHead(req: http.IncomingMessage, target: Target): string {
   }
   const via = req.headers['via'];
   return `${out}Via: ${typeof via === 'string' && via !== '' ? `${via}, 1.1 gardefou` : '1.1 gardefou'}\r\n\r\n`;
-}
-
-const STATUS_TEXT: Record<number, string> = { 400: 'Bad Request', 403: 'Forbidden', 431: 'Request Header Fields Too Large', 502: 'Bad Gateway', 503: 'Service Unavailable' };
-
-/** A complete HTTP response on a raw socket (an Upgrade we refuse), then close. */
-function writeRaw(socket: net.Socket, status: number, html: string): void {
-  if (socket.destroyed) return;
-  const body = Buffer.from(html, 'utf8');
-  socket.end(Buffer.concat([Buffer.from(
-    `HTTP/1.1 ${status} ${STATUS_TEXT[status] ?? 'Error'}\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: ${body.length}\r\n` +
-    'Cache-Control: no-store\r\nVia: 1.1 gardefou\r\nConnection: close\r\n\r\n', 'latin1'), body]));
 }
 
 interface CertReason { fr: string; en: string }

@@ -17,7 +17,8 @@ import { HttpHandler } from './http-handler';
 import { createHttpServer } from './http-server';
 import { BlockPage } from './pages';
 import { newRef } from './ref';
-import { endThenDestroy, TunnelHandler, writeResponse } from './tunnel';
+import { endThenDestroy, writeResponse } from './raw-response';
+import { TunnelHandler } from './tunnel';
 
 export interface ProxyOptions {
   config: Config;

@@ -43,13 +43,14 @@ import { normaliseHost } from '../policy/normalise';
 import type { Client, Decision, Target } from '../policy/types';
 import { AuthRefusal, markTransparent, refusedOnTransparent } from './auth';
 import { MAX_CLIENT_HELLO_BYTES, parseClientHello, type ClientHelloResult } from './clienthello';
-import { ProxyContext, Refusal, openRecord, refusalRecord, SUBSTITUTED_REASON } from './context';
+import { ProxyContext, Refusal, openRecord, refusalRecord } from './context';
 import { relay } from './relay';
 import { Interceptor } from './intercept';
 import { sendPage } from './http-handler';
 import { createHttpServer } from './http-server';
 import { infoPage } from './pages';
 import { newRef } from './ref';
+import { beginConnection } from './upstream';
 
 /** Refusal codes of transparent mode, in addition to context.ts Refusal. */
 export const TransparentRefusal = {
@@ -309,19 +310,9 @@ export class TransparentTlsHandler {
       }
     }
     const open = openRecord(c.ref, c.startMs, c.client, c.clientPort, target, 'TLS', decision);
-    if (substitute !== null) {
-      open.reason = SUBSTITUTED_REASON;
-      ctx.log.info({ ref: c.ref, client: c.client.ip, host: target.host, upstream: substitute }, 'safesearch substitution');
-    }
-    const handle = await ctx.journalBegin(open);
-    if (handle === null && !ctx.config.journal.failOpen) {
-      this.refuse(socket, c, Refusal.journalDown, target.host);
-      return;
-    }
-    if (socket.destroyed) {
-      handle?.finish({ endMs: Date.now(), destIp, egressIp: null, egressPort: null, status: null, bytesIn: buf.length, bytesOut: 0 });
-      return;
-    }
+    ctx.noteSubstitution(open, substitute);
+    const handle = await beginConnection(ctx, socket, open, destIp, buf.length, () => this.refuse(socket, c, Refusal.journalDown, target.host));
+    if (handle === undefined) return;
     // the policy names this host for TLS interception: decrypt, decide each request (intercept.ts)
     const interceptor = Interceptor.of(ctx);
     if (interceptor.wants(target, c.client, decision)) {

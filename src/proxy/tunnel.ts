@@ -16,23 +16,16 @@ import * as net from 'node:net';
 import { plainAddress } from '../config/cidr';
 import { parseConnectAuthority } from '../policy/normalise';
 import type { Client, Decision, Target } from '../policy/types';
-import { ProxyContext, Refusal, RefusalCode, openRecord, refusalRecord, SUBSTITUTED_REASON } from './context';
+import { ProxyContext, Refusal, RefusalCode, openRecord, refusalRecord } from './context';
 import { journalDownPage } from './http-handler';
 import { infoPage } from './pages';
 import { headerBytes } from './http-server';
 import { newRef } from './ref';
 import { relay } from './relay';
 import { Interceptor } from './intercept';
-import { tunnelAddress } from './upstream';
+import { beginConnection, tunnelAddress, type TunnelRefuse } from './upstream';
 import { answerConnect, authStep } from './auth';
-
-const REASON_PHRASES: Record<number, string> = {
-  400: 'Bad Request',
-  431: 'Request Header Fields Too Large',
-  403: 'Forbidden',
-  502: 'Bad Gateway',
-  503: 'Service Unavailable',
-};
+import { writeResponse } from './raw-response';
 
 export class TunnelHandler {
   /** open tunnels, for orderly shutdown */
@@ -106,7 +99,7 @@ export class TunnelHandler {
     clientSocket: net.Socket,
     head: Buffer,
     t: { ref: string; startMs: number; client: Client; clientPort: number; target: Target; decision: Decision },
-    refuse: (status: number, code: RefusalCode, host: string, port: number, page: string) => void,
+    refuse: TunnelRefuse,
   ): Promise<void> {
     const ctx = this.ctx;
     const { ref, target } = t;
@@ -117,18 +110,10 @@ export class TunnelHandler {
     const destIp = await tunnelAddress(ctx, connectHost, target, ref, refuse);
     if (destIp === undefined) return;
     const open = openRecord(ref, t.startMs, t.client, t.clientPort, target, 'CONNECT', t.decision);
-    if (substitute !== null) {
-      open.reason = SUBSTITUTED_REASON;
-      ctx.log.info({ ref, client: t.client.ip, host: target.host, upstream: substitute }, 'safesearch substitution');
-    }
-    const handle = await ctx.journalBegin(open);
-    if (handle === null && !ctx.config.journal.failOpen) {
-      return refuse(503, Refusal.journalDown, target.host, target.port, journalDownPage(ref));
-    }
-    if (clientSocket.destroyed) {
-      handle?.finish({ endMs: Date.now(), destIp, egressIp: null, egressPort: null, status: null, bytesIn: 0, bytesOut: 0 });
-      return;
-    }
+    ctx.noteSubstitution(open, substitute);
+    const handle = await beginConnection(ctx, clientSocket, open, destIp, 0,
+      () => refuse(503, Refusal.journalDown, target.host, target.port, journalDownPage(ref)));
+    if (handle === undefined) return;
     relay(ctx, {
       client: clientSocket,
       connectHost,
@@ -143,27 +128,4 @@ export class TunnelHandler {
         : infoPage('Le proxy amont refuse', "Le proxy amont n'a pas ouvert le tunnel.", 'The upstream proxy did not open the tunnel.', ref)),
     });
   }
-}
-
-/**
- * Ends a connection we refused, then destroys it shortly after: long enough for the client to
- * read the answer (an immediate destroy could reset it away), short enough that a client which
- * keeps sending (slowloris) cannot hold a half-open socket.
- */
-export function endThenDestroy(socket: net.Socket, data: string | Buffer, graceMs = 1000): void {
-  socket.end(data);
-  setTimeout(() => socket.destroy(), graceMs).unref();
-}
-
-export function writeResponse(socket: net.Socket, status: number, html: string): void {
-  if (socket.destroyed) return;
-  const body = Buffer.from(html, 'utf8');
-  const header = Buffer.from(
-    `HTTP/1.1 ${status} ${REASON_PHRASES[status] ?? 'Error'}\r\n` +
-      'Content-Type: text/html; charset=utf-8\r\n' +
-      `Content-Length: ${body.length}\r\n` +
-      'Cache-Control: no-store\r\nVia: 1.1 gardefou\r\nConnection: close\r\n\r\n',
-    'latin1',
-  );
-  endThenDestroy(socket, Buffer.concat([header, body]));
 }

@@ -1,8 +1,12 @@
 /**
- * The address a tunnel dials, shared by plain CONNECT tunnels (tunnel.ts) and intercepted ones
- * (intercept.ts): the name is resolved once and checked against the forbidden destinations;
- * through a parent proxy nothing is resolved here (the parent does it).
+ * Steps shared by the connections gardefou dials on a client's behalf: plain CONNECT tunnels
+ * (tunnel.ts), intercepted ones (intercept.ts) and transparent TLS (transparent.ts).
+ *   tunnelAddress   the name is resolved once and checked against the forbidden destinations;
+ *                   through a parent proxy nothing is resolved here (the parent does it)
+ *   beginConnection the journal intent, durable before anything is dialled
  */
+import type * as net from 'node:net';
+import type { JournalHandle, JournalOpen } from '../journal/types';
 import type { Target } from '../policy/types';
 import { ProxyContext, Refusal, RefusalCode } from './context';
 import { forbiddenPage } from './http-handler';
@@ -25,4 +29,25 @@ export async function tunnelAddress(ctx: ProxyContext, connectHost: string, targ
     refuse(403, Refusal.forbiddenDestination, target.host, target.port, forbiddenPage(ref));
   }
   return undefined;
+}
+
+/**
+ * Writes the journal intent of a connection about to be dialled. Returns its handle (null when
+ * journal.failOpen let it through unrecorded), or undefined when the caller must stop: the
+ * journal cannot be written (fail-closed: `refuseDown` has answered the client), or the client
+ * left while the record was written (the record is closed here, `bytesIn` read from it).
+ */
+export async function beginConnection(
+  ctx: ProxyContext, client: net.Socket, open: JournalOpen, destIp: string | null, bytesIn: number, refuseDown: () => void,
+): Promise<JournalHandle | null | undefined> {
+  const handle = await ctx.journalBegin(open);
+  if (handle === null && !ctx.config.journal.failOpen) {
+    refuseDown();
+    return undefined;
+  }
+  if (client.destroyed) {
+    handle?.finish({ endMs: Date.now(), destIp, egressIp: null, egressPort: null, status: null, bytesIn, bytesOut: 0 });
+    return undefined;
+  }
+  return handle;
 }
