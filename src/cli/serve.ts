@@ -24,6 +24,7 @@ import { runPrimary } from '../cluster/primary';
 import { workerCount } from '../cluster/protocol';
 import { watchIndexFile } from '../lists/watch';
 import { serialised } from '../serialised';
+import { stopService } from '../lifecycle';
 
 export interface ServeFlags {
   config?: string;
@@ -214,23 +215,9 @@ async function run(flags: ServeFlags, initial: Config, log: Logger, journal: Jou
   const stop = async (signal: string) => {
     if (stopping) return;
     stopping = true;
-    log.info({ signal }, 'stopping');
-    try {
-      await agent?.stop();
-      await proxy.close();
-      journal.stopPurge();
-      if (admin) await admin.close();
-      metrics.close();
-      await journal.close();
-      log.info('stopped');
-    } catch (err) {
-      log.error({ err: errorMessage(err) }, 'error while stopping');
-      process.exitCode = 1;
-    } finally {
-      log.flush();
-      process.off('SIGHUP', onHup);
-      indexWatcher.close();
-    }
+    await stopService(signal, { log, journal, agent, admin, metrics, drain: () => proxy.close() });
+    process.off('SIGHUP', onHup);
+    indexWatcher.close();
   };
   const onHup = () => reload('SIGHUP');
   process.on('SIGHUP', onHup);

@@ -17,6 +17,7 @@ import { PrimaryGate } from './gate';
 import { FromWorker, PolicySources, PolicySummary, ToWorker, WORKER_ENV, WorkerInit } from './protocol';
 import { watchIndexFile } from '../lists/watch';
 import { serialised } from '../serialised';
+import { stopService } from '../lifecycle';
 
 export interface PrimaryOptions {
   config: Config;
@@ -291,37 +292,27 @@ export async function runPrimary(o: PrimaryOptions): Promise<void> {
   const indexWatcher = watchIndexFile(() => reload('index file changed'));
   indexWatcher.watch(cfg.lists);
 
+  // workers drain their in-flight requests (limits.shutdownGraceMs), send their last journal
+  // ops and exit; one that does not is killed, and its open records are closed by the host
+  const stopWorkers = async () => {
+    const grace = cfg.limits.shutdownGraceMs + 10_000;
+    await Promise.all(slots.map((s) => new Promise<void>((resolve) => {
+      const w = s.worker;
+      if (!w || w.isDead()) return resolve();
+      const timer = setTimeout(() => { log.warn({ worker: s.slot }, 'worker did not stop in time: killing it'); w.process.kill('SIGKILL'); }, grace);
+      w.once('exit', () => { clearTimeout(timer); resolve(); });
+      if (!sendTo(w, { t: 'stop' })) w.process.kill('SIGTERM');
+    })));
+  };
+
   const stop = async (signal: string) => {
     if (stopping) return;
     stopping = true;
-    log.info({ signal }, 'stopping');
-    try {
-      await agent?.stop();
-      // workers drain their in-flight requests (limits.shutdownGraceMs), send their last journal
-      // ops and exit; one that does not is killed, and its open records are closed here
-      const grace = cfg.limits.shutdownGraceMs + 10_000;
-      await Promise.all(slots.map((s) => new Promise<void>((resolve) => {
-        const w = s.worker;
-        if (!w || w.isDead()) return resolve();
-        const timer = setTimeout(() => { log.warn({ worker: s.slot }, 'worker did not stop in time: killing it'); w.process.kill('SIGKILL'); }, grace);
-        w.once('exit', () => { clearTimeout(timer); resolve(); });
-        if (!sendTo(w, { t: 'stop' })) w.process.kill('SIGTERM');
-      })));
-      journal.stopPurge();
-      if (admin) await admin.close();
-      metrics.close();
-      await journal.close();
-      log.info('stopped');
-    } catch (err) {
-      log.error({ err: errorMessage(err) }, 'error while stopping');
-      process.exitCode = 1;
-    } finally {
-      log.flush();
-      process.off('SIGHUP', onHup);
-      indexWatcher.close();
-      // nothing should be left; if a handle is, do not hang the service manager
-      setTimeout(() => process.exit(), 2000).unref();
-    }
+    await stopService(signal, { log, journal, agent, admin, metrics, drain: stopWorkers });
+    process.off('SIGHUP', onHup);
+    indexWatcher.close();
+    // nothing should be left; if a handle is, do not hang the service manager
+    setTimeout(() => process.exit(), 2000).unref();
   };
   const onHup = () => reload('SIGHUP');
   process.on('SIGHUP', onHup);
