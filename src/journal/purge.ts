@@ -67,9 +67,9 @@ export async function runPurgeChunked(
   const exists = db.prepare('SELECT 1 AS x FROM records WHERE id = ?');
   const drop = db.prepare('UPDATE blocks SET ids = NULL, leaves = NULL WHERE seq = ?');
   const target = o.targetChunkMs ?? 2;
-  // Pre-reading (see warm below): the row's pages. The requisition indexes are in another file,
-  // trimmed by the indexer thread (index-db.ts), so a delete here touches `records` only.
-  const warmRow = db.prepare('SELECT id FROM records WHERE id = ?').pluck();
+  // Pre-reading (see warm below) looks each row up with `exists`: that reads the page holding it.
+  // The requisition indexes are in another file, trimmed by the indexer thread (index-db.ts),
+  // so a delete here touches `records` only.
   const tick = () => new Promise<void>((resolve) => defer(resolve));
   /**
    * A purged day is a month or a year old: its table pages are cold, and reading
@@ -83,7 +83,7 @@ export async function runPurgeChunked(
       const w0 = performance.now();
       const part = ids.slice(i, i + warmSize);
       i += part.length;
-      for (const id of part) warmRow.get(id);
+      for (const id of part) exists.get(id);
       const dt = performance.now() - w0;
       if (dt > target) warmSize = Math.max(4, Math.floor((warmSize * target) / dt));
       else if (dt < target / 2) warmSize = Math.min(1024, warmSize * 2);
