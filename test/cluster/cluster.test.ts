@@ -10,10 +10,9 @@ import * as http from 'node:http';
 import * as path from 'node:path';
 import t, { type Test } from 'tap';
 import { publish } from '../../src/lists/feed';
-import { generateKeyPair } from '../../src/lists/sign';
 import { BIN, CHILD_ENV, FIXTURES, journalRows, Running, startGardefou, tempDir, testConfig, waitFor, writeHosts } from '../helpers/gardefou';
-import { Origin, startOrigin, viaProxy } from '../helpers/net';
-import { addDomain, makeUt1, startFeedServer } from '../lists-update/helpers';
+import { Origin, pollStatus, startOrigin, viaProxy } from '../helpers/net';
+import { addDomain, startPublishedFeed } from '../lists-update/helpers';
 
 const NAMES = ['allowed.test', 'blocked.test', 'mixed.test', 'new-threat.test'];
 let origin: Origin;
@@ -149,14 +148,7 @@ t.test('SIGHUP changes a decision in every worker; a failed reload keeps the old
 
 t.test('a list update from the DASEN feed reaches every worker', async (t) => {
   const dir = tempDir();
-  const keys = generateKeyPair(path.join(dir, 'keys'));
-  const ut1 = makeUt1(dir);
-  const dasenPolicy = path.join(dir, 'dasen-policy.json');
-  fs.writeFileSync(dasenPolicy, '{}');
-  const feedRoot = path.join(dir, 'www');
-  const feedDir = path.join(feedRoot, 'feed');
-  await publish({ source: ut1, policy: dasenPolicy, keys: [keys.keyFile], feed: feedDir });
-  const feed = await startFeedServer(() => feedRoot);
+  const { keys, ut1, dasenPolicy, feedDir, server: feed } = await startPublishedFeed(dir);
   t.teardown(() => feed.close());
   const g = await startGardefou(config(dir, {
     update: { feed: feed.url, trustedKeys: [keys.pubFile], stateDir: path.join(dir, 'state'), intervalSeconds: 3600 },
@@ -223,11 +215,7 @@ t.test('journal unwritable: every worker answers 503, then every worker recovers
   t.same(await burst(g, 'allowed.test', 2), [200, 200]);
   fs.renameSync(varDir, path.join(dir, 'moved'));
   const before = origin.seen.length;
-  let s = 0;
-  for (let i = 0; i < 100 && s !== 503; i++) {
-    s = (await viaProxy(g.port, url('allowed.test'))).status;
-    if (s !== 503) await new Promise((r) => setTimeout(r, 50));
-  }
+  const s = await pollStatus(async () => (await viaProxy(g.port, url('allowed.test'))).status, 503);
   t.equal(s, 503, 'refused once the journal is down');
   const logsBefore = g.logs.length;
   t.same(await burst(g, 'allowed.test', 6), Array(6).fill(503), 'refused by every connection');

@@ -257,3 +257,17 @@ export function tlsGetOverSocket(socket: net.Socket, servername: string, ca: str
     t.on('error', reject);
   });
 }
+
+/**
+ * Asks `status()` again (every 50 ms, at most `tries` times) until it answers `want`; returns
+ * the last answer (the caller asserts it).
+ */
+export async function pollStatus(status: () => Promise<number>, want: number, tries = 100): Promise<number> {
+  let last = 0;
+  for (let i = 0; i < tries; i++) {
+    last = await status();
+    if (last === want) break;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  return last;
+}

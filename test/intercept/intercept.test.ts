@@ -150,21 +150,26 @@ function directGet(port: number, host: string, p: string, ca: string | string[])
     const s = tls.connect({ host: '127.0.0.1', port, servername: host, ca, ALPNProtocols: ['h2', 'http/1.1'] }, () => {
       s.write(`GET ${p} HTTP/1.1\r\nhost: ${host}\r\nconnection: close\r\n\r\n`);
     });
-    const timer = setTimeout(() => { s.destroy(); reject(new Error('direct GET timeout')); }, 10_000);
-    const chunks: Buffer[] = [];
-    s.on('data', (d: Buffer) => chunks.push(d));
-    s.on('error', (e) => { clearTimeout(timer); reject(e); });
-    s.on('end', () => {
-      clearTimeout(timer);
-      const text = Buffer.concat(chunks).toString('utf8');
-      const cert = s.getPeerCertificate();
-      s.destroy();
-      resolve({
-        status: Number(/^HTTP\/1\.1 (\d{3})/.exec(text)?.[1] ?? 0),
-        body: text.slice(text.indexOf('\r\n\r\n') + 4),
-        issuer: String(cert.issuer?.CN ?? ''),
-        alpn: s.alpnProtocol ?? false,
-      });
+    readAnswer(s, 'direct GET', resolve, reject);
+  });
+}
+
+/** Reads one HTTP answer from `s` until the server closes; with the certificate it presented. */
+function readAnswer(s: tls.TLSSocket, what: string, resolve: (g: TunnelGet) => void, reject: (e: Error) => void, onError?: () => void): void {
+  const timer = setTimeout(() => { s.destroy(); reject(new Error(`${what} timeout`)); }, 10_000);
+  const chunks: Buffer[] = [];
+  s.on('data', (d: Buffer) => chunks.push(d));
+  s.on('error', (e) => { clearTimeout(timer); onError?.(); reject(e); });
+  s.on('end', () => {
+    clearTimeout(timer);
+    const text = Buffer.concat(chunks).toString('utf8');
+    const cert = s.getPeerCertificate();
+    s.destroy();
+    resolve({
+      status: Number(/^HTTP\/1\.1 (\d{3})/.exec(text)?.[1] ?? 0),
+      body: text.slice(text.indexOf('\r\n\r\n') + 4),
+      issuer: String(cert.issuer?.CN ?? ''),
+      alpn: s.alpnProtocol ?? false,
     });
   });
 }
@@ -207,22 +212,7 @@ async function tunnelGet(host: string, port: number, p: string, ca: string | str
       const hdrs = { host: `${host}:${port}`, connection: 'close', ...headers };
       s.write(`GET ${p} HTTP/1.1\r\n${Object.entries(hdrs).map(([k, v]) => `${k}: ${v}\r\n`).join('')}\r\n`);
     });
-    const timer = setTimeout(() => { s.destroy(); reject(new Error('tunnel GET timeout')); }, 10_000);
-    const chunks: Buffer[] = [];
-    s.on('data', (d: Buffer) => chunks.push(d));
-    s.on('error', (e) => { clearTimeout(timer); c.socket.destroy(); reject(e); });
-    s.on('end', () => {
-      clearTimeout(timer);
-      const text = Buffer.concat(chunks).toString('utf8');
-      const cert = s.getPeerCertificate();
-      s.destroy();
-      resolve({
-        status: Number(/^HTTP\/1\.1 (\d{3})/.exec(text)?.[1] ?? 0),
-        body: text.slice(text.indexOf('\r\n\r\n') + 4),
-        issuer: String(cert.issuer?.CN ?? ''),
-        alpn: s.alpnProtocol ?? false,
-      });
-    });
+    readAnswer(s, 'tunnel GET', resolve, reject, () => c.socket.destroy());
   });
 }
 

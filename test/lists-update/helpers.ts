@@ -12,6 +12,8 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import forge from 'node-forge';
 import { PACKAGE_ROOT } from '../../src/config';
+import { publish } from '../../src/lists/feed';
+import { generateKeyPair } from '../../src/lists/sign';
 
 export const FIXTURE_UT1 = path.join(PACKAGE_ROOT, 'test', 'fixtures', 'proxy-lists');
 export const REAL_UT1 = path.join(PACKAGE_ROOT, '..', 'shared', 'ut1', 'blacklists');
@@ -95,6 +97,30 @@ export function feedRoot(dir: string): () => string {
   const root = path.join(dir, 'www');
   fs.mkdirSync(root, { recursive: true });
   return () => root;
+}
+
+export interface PublishedFeed {
+  keys: ReturnType<typeof generateKeyPair>;
+  /** the UT1 tree the bundles are made from (addDomain, then publish again) */
+  ut1: string;
+  dasenPolicy: string;
+  /** the feed folder, served under `feed/` of the server's root */
+  feedDir: string;
+  server: FeedServer;
+}
+
+/** A DASEN key, a small UT1 tree, its first bundle published, and the feed served on loopback. */
+export async function startPublishedFeed(dir: string): Promise<PublishedFeed> {
+  const keys = generateKeyPair(path.join(dir, 'keys'));
+  const ut1 = makeUt1(dir);
+  const dasenPolicy = path.join(dir, 'dasen-policy.json');
+  fs.writeFileSync(dasenPolicy, '{}');
+  // the feed server serves a root folder; the feed lives in its `feed/` subfolder
+  const root = path.join(dir, 'www');
+  const feedDir = path.join(root, 'feed');
+  await publish({ source: ut1, policy: dasenPolicy, keys: [keys.keyFile], feed: feedDir });
+  const server = await startFeedServer(() => root);
+  return { keys, ut1, dasenPolicy, feedDir, server };
 }
 
 export interface TestPki {

@@ -9,10 +9,9 @@ import * as http from 'node:http';
 import * as path from 'node:path';
 import t from 'tap';
 import { publish } from '../../src/lists/feed';
-import { generateKeyPair } from '../../src/lists/sign';
 import { BIN, CHILD_ENV, startGardefou, tempDir, testConfig, writeHosts } from '../helpers/gardefou';
 import { startOrigin, viaProxy } from '../helpers/net';
-import { addDomain, makeUt1, startFeedServer } from '../lists-update/helpers';
+import { addDomain, makeUt1, startFeedServer, startPublishedFeed } from '../lists-update/helpers';
 
 function getJson(port: number, p: string): Promise<Record<string, unknown>> {
   return new Promise((resolve, reject) => {
@@ -28,15 +27,7 @@ t.test('serve pulls signed bundles, swaps them in live, and says what it runs', 
   const dir = tempDir();
   const origin = await startOrigin();
   t.teardown(() => origin.close());
-  const keys = generateKeyPair(path.join(dir, 'keys'));
-  const ut1 = makeUt1(dir);
-  const dasenPolicy = path.join(dir, 'dasen-policy.json');
-  fs.writeFileSync(dasenPolicy, '{}');
-  // the feed server serves a root folder; the feed lives in its `feed/` subfolder
-  const feedRoot = path.join(dir, 'www');
-  const feedDir = path.join(feedRoot, 'feed');
-  await publish({ source: ut1, policy: dasenPolicy, keys: [keys.keyFile], feed: feedDir });
-  const feed = await startFeedServer(() => feedRoot);
+  const { keys, ut1, dasenPolicy, feedDir, server: feed } = await startPublishedFeed(dir);
   t.teardown(() => feed.close());
 
   const admin = await new Promise<number>((resolve) => {

@@ -7,7 +7,7 @@ import * as http from 'node:http';
 import * as path from 'node:path';
 import t from 'tap';
 import {
-  connectVia, makeCert, Origin, rawExchange, sha256OfPattern, startOrigin, startTlsOrigin, streamPattern,
+  connectVia, makeCert, Origin, pollStatus, rawExchange, sha256OfPattern, startOrigin, startTlsOrigin, streamPattern,
   tlsGetOverSocket, viaProxy,
 } from '../helpers/net';
 import { FIXTURES, journalRows, Running, startGardefou, tempDir, testConfig, waitFor, writeHosts } from '../helpers/gardefou';
@@ -417,11 +417,7 @@ t.test('fail-closed: when the journal cannot be written, traffic is refused with
   t.equal((await viaProxy(g.port, url('allowed.test'))).status, 200);
   fs.renameSync(varDir, path.join(dir, 'moved')); // the open file descriptors would still accept writes
   const before = origin.seen.length;
-  let status = 0;
-  for (let i = 0; i < 100 && status !== 503; i++) {
-    status = (await viaProxy(g.port, url('allowed.test'))).status;
-    if (status !== 503) await new Promise((r) => setTimeout(r, 50));
-  }
+  const status = await pollStatus(async () => (await viaProxy(g.port, url('allowed.test'))).status, 503);
   t.equal(status, 503, 'refused while the journal is down');
   const down = await viaProxy(g.port, url('allowed.test'));
   t.equal(down.status, 503);
